@@ -1,0 +1,55 @@
+# imputer_asr: top-level entry points. `make demo` installs everything and runs the offline recipe;
+# `make test` installs if needed and runs the test suite.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SYSTEM_TOOLS := espeak-ng flite sox
+APT_PACKAGES := espeak-ng flite sox fortunes
+
+.PHONY: install system-deps demo test test-all lint format bench help
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-12s %s\n", $$1, $$2}'
+
+install: $(VENV)/.installed system-deps ## create .venv, install the package and the system tools
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch is pinned in pyproject.toml; installing it in the same command keeps pip from fetching another.
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+system-deps: ## espeak-ng, flite, sox and fortunes for the synthetic corpus
+	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	test -d /usr/share/games/fortunes || missing="$$missing fortunes"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing$$missing with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	  else \
+	    echo "missing:$$missing. Install them, e.g.: sudo apt-get install -y $(APT_PACKAGES)" >&2; exit 1; \
+	  fi; \
+	fi
+
+demo: install ## install, then run the whole offline synth recipe (corpus -> CTC -> Imputer -> scores)
+	@start=$$(date +%s); \
+	$(MAKE) -C recipes/synth; \
+	echo "make demo: $$(( ($$(date +%s) - start) / 60 )) min $$(( ($$(date +%s) - start) % 60 )) s"
+
+test: install ## run the test suite (slow end-to-end tests excluded)
+	$(PY) -m pytest -q -m "not slow" --doctest-modules imputer_asr tests
+
+test-all: install ## run every test, slow ones included
+	$(PY) -m pytest -q --doctest-modules imputer_asr tests
+
+lint: $(VENV)/.installed ## ruff lint and format check
+	$(VENV)/bin/ruff check imputer_asr tests benchmarks
+	$(VENV)/bin/ruff format --check imputer_asr tests benchmarks
+
+format: $(VENV)/.installed ## apply ruff formatting
+	$(VENV)/bin/ruff check --fix imputer_asr tests benchmarks
+	$(VENV)/bin/ruff format imputer_asr tests benchmarks

@@ -1,0 +1,312 @@
+"""The ``imputer-asr`` command line: one subcommand per recipe stage.
+
+Each subcommand parses its arguments and calls one library function; errors in the input reach the
+user as one line naming the file and the problem (exit status 1), usage errors exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger("imputer_asr")
+
+
+def _add_synth_corpus(sub) -> None:
+    p = sub.add_parser("synth-corpus", help="render the offline synthetic corpus (LibriSpeech layout)")
+    p.add_argument("--out-dir", type=Path, required=True)
+    for part, utts, spk in (("train", 4000, 200), ("dev", 300, 20), ("test", 300, 20)):
+        p.add_argument(f"--{part}-utts", type=int, default=utts)
+        p.add_argument(f"--{part}-speakers", type=int, default=spk)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=2)
+    p.set_defaults(func=_run_synth_corpus)
+
+
+def _run_synth_corpus(args) -> None:
+    from imputer_asr.synth import render_corpus
+
+    parts = ("train", "dev", "test")
+    render_corpus(
+        args.out_dir,
+        num_utts={p: getattr(args, f"{p}_utts") for p in parts},
+        num_speakers={p: getattr(args, f"{p}_speakers") for p in parts},
+        seed=args.seed,
+        num_jobs=args.jobs,
+    )
+
+
+def _add_manifests(sub) -> None:
+    p = sub.add_parser("manifests", help="lhotse manifests (cuts) of a LibriSpeech-layout corpus")
+    p.add_argument("--corpus-dir", type=Path, required=True)
+    p.add_argument("--manifest-dir", type=Path, required=True)
+    p.add_argument("--parts", nargs="+", required=True)
+    p.set_defaults(func=_run_manifests)
+
+
+def _run_manifests(args) -> None:
+    from imputer_asr.prepare import prepare_manifests
+
+    prepare_manifests(args.corpus_dir, args.manifest_dir, args.parts)
+
+
+def _add_bpe(sub) -> None:
+    p = sub.add_parser("bpe", help="train the sentencepiece BPE tokenizer on training transcripts")
+    p.add_argument("--manifest-dir", type=Path, required=True)
+    p.add_argument("--part", required=True)
+    p.add_argument("--vocab-size", type=int, default=256)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=_run_bpe)
+
+
+def _run_bpe(args) -> None:
+    from imputer_asr.prepare import manifest_texts
+    from imputer_asr.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(manifest_texts(args.manifest_dir, args.part), args.out, args.vocab_size)
+    log.info(
+        "tokenizer %s: %d classes (blank %d), [MASK] %d",
+        args.out,
+        tok.vocab_size,
+        tok.blank_id,
+        tok.mask_id,
+    )
+
+
+def _add_fbank(sub) -> None:
+    p = sub.add_parser("fbank", help="compute and store fbank features (optionally augmented)")
+    p.add_argument("--manifest-dir", type=Path, required=True)
+    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--bpe", type=Path, required=True, help="tokenizer, to filter unalignable cuts")
+    p.add_argument("--part", required=True)
+    p.add_argument("--augment", action="store_true", help="speed perturbation 0.9/1.1 and noise")
+    p.add_argument("--noise-prob", type=float, default=0.5)
+    p.add_argument("--max-duration", type=float, default=30.0, help="drop longer cuts (seconds)")
+    p.add_argument("--jobs", type=int, default=2)
+    p.set_defaults(func=_run_fbank)
+
+
+def _run_fbank(args) -> None:
+    from imputer_asr.config import FeatureConfig
+    from imputer_asr.prepare import NoiseAugment, compute_fbank
+    from imputer_asr.tokenizer import Tokenizer
+
+    compute_fbank(
+        args.manifest_dir,
+        args.part,
+        args.out_dir,
+        Tokenizer.from_file(args.bpe),
+        FeatureConfig(),
+        augment=args.augment,
+        noise=NoiseAugment(prob=args.noise_prob) if args.noise_prob > 0 else None,
+        max_duration=args.max_duration,
+        num_jobs=args.jobs,
+    )
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a CTC model (the Imputer has its own stage)")
+    p.add_argument("--config", type=Path, required=True, help="JSON experiment config")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    p.add_argument("--exp-dir", type=Path, required=True)
+    p.add_argument("--train-cuts", type=Path, required=True)
+    p.add_argument("--dev-cuts", type=Path, required=True)
+    p.add_argument("--bpe", type=Path, required=True)
+    p.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint")
+    p.set_defaults(func=_run_train)
+
+
+def _load_cuts(path: Path):
+    from lhotse import CutSet
+
+    if not Path(path).is_file():
+        raise ValueError(f"{path}: no such cuts manifest; run the fbank stage first")
+    return CutSet.from_file(path).to_eager()
+
+
+def _resolved_config(args, tokenizer):
+    from imputer_asr.config import apply_overrides, load_config
+
+    cfg = apply_overrides(load_config(args.config), args.set)
+    model = dataclasses.replace(
+        cfg.model,
+        vocab_size=tokenizer.vocab_size,
+        blank_id=tokenizer.blank_id,
+        mask_id=tokenizer.mask_id,
+        input_dim=cfg.features.num_mel_bins,
+    )
+    return dataclasses.replace(cfg, model=model)
+
+
+def _run_train(args) -> None:
+    from imputer_asr.tokenizer import Tokenizer
+    from imputer_asr.train import fit
+
+    tokenizer = Tokenizer.from_file(args.bpe)
+    cfg = _resolved_config(args, tokenizer)
+    fit(
+        cfg,
+        args.exp_dir,
+        _load_cuts(args.train_cuts),
+        _load_cuts(args.dev_cuts),
+        tokenizer,
+        resume=args.resume,
+    )
+
+
+def _add_package(sub) -> None:
+    p = sub.add_parser("package", help="average the last checkpoints into a self-contained model.pt")
+    p.add_argument("--exp-dir", type=Path, required=True)
+    p.add_argument("--bpe", type=Path, required=True)
+    p.add_argument("--average-last", type=int, default=None, help="default: from the config")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=_run_package)
+
+
+def _run_package(args) -> None:
+    from imputer_asr.checkpoint import (
+        average_checkpoints,
+        epoch_checkpoints,
+        load_file,
+        package_model,
+    )
+    from imputer_asr.config import config_from_dict
+    from imputer_asr.tokenizer import Tokenizer
+
+    checkpoints = epoch_checkpoints(args.exp_dir)
+    if not checkpoints:
+        raise ValueError(f"{args.exp_dir}: no epoch-<n>.pt checkpoints; run the training stage first")
+    cfg = config_from_dict(load_file(checkpoints[-1])["config"])
+    last = args.average_last or cfg.train.average_last
+    used = checkpoints[-last:]
+    package_model(
+        average_checkpoints(used),
+        cfg,
+        Tokenizer.from_file(args.bpe),
+        args.out,
+        averaged=[p.name for p in used],
+    )
+    log.info("wrote %s (average of %s)", args.out, ", ".join(p.name for p in used))
+
+
+def _add_decode(sub) -> None:
+    p = sub.add_parser("decode", help="decode a cuts manifest with a packaged model")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--cuts", type=Path, required=True)
+    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--name", required=True, help="e.g. test-ctc; names the output files")
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=_run_decode)
+
+
+def _run_decode(args) -> None:
+    import torch
+
+    from imputer_asr.checkpoint import load_packaged
+    from imputer_asr.decode import decode_cuts
+
+    torch.set_num_threads(args.threads)
+    packaged = load_packaged(args.model)
+    cuts = _load_cuts(args.cuts)
+    hyps, seconds = decode_cuts(packaged.model, packaged.tokenizer, cuts)
+    audio = sum(h.duration for h in hyps)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    out = args.out_dir / f"hyps-{args.name}.jsonl"
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(dataclasses.asdict(h)) + "\n" for h in hyps))
+    tmp.replace(out)
+    timing = {
+        "utterances": len(hyps),
+        "audio_seconds": audio,
+        "decode_seconds": seconds,
+        "rtf": seconds / max(audio, 1e-9),
+        "threads": args.threads,
+    }
+    (args.out_dir / f"timing-{args.name}.json").write_text(json.dumps(timing, indent=2) + "\n")
+    log.info(
+        "decoded %d utterances (%.0f s of audio) in %.1f s, RTF %.4f",
+        len(hyps),
+        audio,
+        seconds,
+        timing["rtf"],
+    )
+
+
+def _add_score(sub) -> None:
+    p = sub.add_parser("score", help="WER/CER of decoded hypotheses, per-utterance error listing")
+    p.add_argument("--hyps", type=Path, required=True, help="hyps-<name>.jsonl from decode")
+    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--name", required=True)
+    p.set_defaults(func=_run_score)
+
+
+def _run_score(args) -> None:
+    from imputer_asr.scoring import format_summary, score, write_report
+
+    if not args.hyps.is_file():
+        raise ValueError(f"{args.hyps}: no such file; run the decode stage first")
+    rows = [json.loads(line) for line in args.hyps.read_text().splitlines() if line.strip()]
+    report = score([(r["cut_id"], r["ref"], r["hyp"]) for r in rows])
+    write_report(report, args.out_dir, args.name)
+    print(f"{args.name}: {format_summary(report)}")
+
+
+def _add_plot(sub) -> None:
+    p = sub.add_parser("plot", help="PNG of training curves from train_log.jsonl")
+    p.add_argument("--log", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--title", default="")
+    p.set_defaults(func=_run_plot)
+
+
+def _run_plot(args) -> None:
+    from imputer_asr.plots import plot_training_curves
+
+    plot_training_curves(args.log, args.out, title=args.title)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imputer-asr", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (
+        _add_synth_corpus,
+        _add_manifests,
+        _add_bpe,
+        _add_fbank,
+        _add_train,
+        _add_package,
+        _add_decode,
+        _add_score,
+        _add_plot,
+    ):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        args.func(args)
+    except (ValueError, RuntimeError, OSError) as exc:
+        print(f"imputer-asr {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"imputer-asr {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""Configuration: frozen dataclasses, one per concern, and their JSON round trip.
+
+An experiment is described by an :class:`ExperimentConfig` (features, model, data, training). Recipes keep
+one JSON file per setting; command-line ``--set section.field=value`` pairs override single fields.
+The resolved config is written next to every experiment and stored inside every checkpoint, so decoding
+rebuilds the model from the checkpoint alone.
+
+>>> cfg = ExperimentConfig()
+>>> cfg = apply_overrides(cfg, ["train.epochs=3", "model.num_layers=4"])
+>>> (cfg.train.epochs, cfg.model.num_layers)
+(3, 4)
+>>> config_from_dict(config_to_dict(cfg)) == cfg
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "FeatureConfig",
+    "ModelConfig",
+    "DataConfig",
+    "TrainConfig",
+    "ImputerConfig",
+    "ExperimentConfig",
+    "config_to_dict",
+    "config_from_dict",
+    "load_config",
+    "save_config",
+    "apply_overrides",
+]
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Log-mel filterbank front end (lhotse ``Fbank``)."""
+
+    sample_rate: int = 16000
+    num_mel_bins: int = 80
+    frame_shift: float = 0.01
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Conformer encoder with an alignment-token input and a CTC-style output layer.
+
+    ``vocab_size`` counts the output classes (blank included); the alignment embedding has one more
+    entry, ``mask_id``. Both special ids come from the tokenizer and are stored here explicitly.
+    """
+
+    vocab_size: int = 0
+    blank_id: int = 0
+    mask_id: int = 0
+    input_dim: int = 80
+    subsampling_channels: int = 32
+    d_model: int = 144
+    num_heads: int = 4
+    ff_dim: int = 576
+    num_layers: int = 8
+    conv_kernel: int = 15
+    dropout: float = 0.1
+    inject_layer: int = 0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Batching and augmentation of precomputed features."""
+
+    max_duration: float = 60.0
+    num_buckets: int = 10
+    num_workers: int = 1
+    spec_augment: bool = True
+    num_frame_masks: int = 4
+    frames_mask_size: int = 40
+    num_feature_masks: int = 2
+    features_mask_size: int = 15
+    time_warp_factor: int = 0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation: AdamW, linear warm-up then cosine decay, gradient clipping."""
+
+    epochs: int = 10
+    peak_lr: float = 2e-3
+    final_lr_fraction: float = 0.05
+    warmup_steps: int = 300
+    weight_decay: float = 1e-3
+    grad_clip: float = 5.0
+    seed: int = 0
+    num_threads: int = 2
+    log_every: int = 20
+    average_last: int = 3
+    sort_first_epoch: bool = True
+
+
+@dataclass(frozen=True)
+class ImputerConfig:
+    """Imputer training: block masking, alignment source and the optional CTC term."""
+
+    block_size: int = 8
+    ctc_weight: float = 0.0
+    learner_rollin: bool = False
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    imputer: ImputerConfig = field(default_factory=ImputerConfig)
+
+
+_SECTIONS: dict[str, type] = {
+    "features": FeatureConfig,
+    "model": ModelConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+    "imputer": ImputerConfig,
+}
+
+
+def config_to_dict(cfg: ExperimentConfig) -> dict[str, dict[str, Any]]:
+    """Plain nested dict (JSON-serialisable, and storable with ``torch.save`` weights-only)."""
+    return dataclasses.asdict(cfg)
+
+
+def _section_from_dict(cls: type, values: dict[str, Any], section: str) -> Any:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown field(s) in config section '{section}': {', '.join(unknown)}")
+    return cls(**values)
+
+
+def config_from_dict(values: dict[str, Any]) -> ExperimentConfig:
+    """Inverse of :func:`config_to_dict`; missing sections and fields take their defaults."""
+    unknown = sorted(set(values) - set(_SECTIONS))
+    if unknown:
+        raise ValueError(f"unknown config section(s): {', '.join(unknown)}")
+    parts = {name: _section_from_dict(cls, values.get(name, {}), name) for name, cls in _SECTIONS.items()}
+    return ExperimentConfig(**parts)
+
+
+def load_config(path: Path) -> ExperimentConfig:
+    """Read a JSON config file; a clear ValueError names the file when it is not valid."""
+    try:
+        values = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read config {path}: {exc}") from None
+    try:
+        return config_from_dict(values)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def save_config(cfg: ExperimentConfig, path: Path) -> None:
+    Path(path).write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n")
+
+
+def _parse_value(text: str, current: Any, name: str) -> Any:
+    if isinstance(current, bool):
+        if text.lower() in ("1", "true", "yes"):
+            return True
+        if text.lower() in ("0", "false", "no"):
+            return False
+        raise ValueError(f"{name} expects true/false, got '{text}'")
+    try:
+        return type(current)(text)
+    except ValueError:
+        raise ValueError(f"{name} expects {type(current).__name__}, got '{text}'") from None
+
+
+def apply_overrides(cfg: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
+    """Apply ``section.field=value`` overrides, e.g. ``train.epochs=30``."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or section not in _SECTIONS:
+            raise ValueError(f"override '{item}' is not of the form section.field=value")
+        part = getattr(cfg, section)
+        if name not in {f.name for f in dataclasses.fields(part)}:
+            raise ValueError(f"override '{item}': section '{section}' has no field '{name}'")
+        value = _parse_value(text.strip(), getattr(part, name), key)
+        cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(part, **{name: value})})
+    return cfg

@@ -1,0 +1,140 @@
+"""Batches of precomputed features: lhotse samplers in, padded tensors out.
+
+A batch is a dict:
+    features (N, T, F) float, feature_lengths (N,) long, targets (N, S) long (padded with blank),
+    target_lengths (N,) long, texts list[str], cut_ids list[str], durations list[float],
+    and, when the cuts carry an alignment (Imputer training), alignments (N, T') long padded with -1.
+
+>>> # loader = make_loader(cuts, tokenizer, DataConfig(), train=True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from lhotse import CutSet
+from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler, SpecAugment
+from lhotse.dataset.collation import collate_features
+from torch.utils.data import DataLoader, Dataset
+
+from imputer_asr.config import DataConfig
+from imputer_asr.tokenizer import Tokenizer
+
+__all__ = ["AsrDataset", "make_sampler", "make_loader", "pad_sequences", "ALIGNMENT_FIELD"]
+
+ALIGNMENT_FIELD = "alignment"
+
+
+def pad_sequences(seqs: Sequence[Sequence[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad integer sequences: -> (N, max_len) long, lengths (N,) long."""
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+    out = torch.full((len(seqs), int(lengths.max()) if len(seqs) else 0), value, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+    return out, lengths
+
+
+class AsrDataset(Dataset):
+    """Map a CutSet (one sampler batch) to padded tensors; SpecAugment when ``spec_augment``."""
+
+    def __init__(self, tokenizer: Tokenizer, spec_augment: SpecAugment | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.spec_augment = spec_augment
+
+    def __getitem__(self, cuts: CutSet) -> dict:
+        cuts = cuts.sort_by_duration(ascending=False)
+        features, feature_lengths = collate_features(cuts)
+        if self.spec_augment is not None:
+            features = self.spec_augment(features)
+        texts = [" ".join(s.text for s in c.supervisions) for c in cuts]
+        targets, target_lengths = pad_sequences(self.tokenizer.encode_batch(texts), self.tokenizer.blank_id)
+        batch = {
+            "features": features,
+            "feature_lengths": feature_lengths,
+            "targets": targets,
+            "target_lengths": target_lengths,
+            "texts": texts,
+            "cut_ids": [c.id for c in cuts],
+            "durations": [c.duration for c in cuts],
+        }
+        if all(c.has_custom(ALIGNMENT_FIELD) for c in cuts):
+            aligns = [np.asarray(c.load_custom(ALIGNMENT_FIELD)) for c in cuts]
+            batch["alignments"], _ = pad_sequences([a.tolist() for a in aligns], -1)
+        return batch
+
+
+def make_sampler(
+    cuts: CutSet,
+    cfg: DataConfig,
+    *,
+    train: bool,
+    sort_by_duration: bool = False,
+    seed: int = 0,
+    world_size: int | None = None,
+    rank: int | None = None,
+):
+    """DynamicBucketingSampler for training; a plain sampler over duration-sorted cuts otherwise.
+
+    ``sort_by_duration`` (for the first training epoch) feeds the shortest utterances first, which
+    shortens the all-blank plateau of CTC training (SortaGrad, Deep Speech 2).
+    """
+    if train and not sort_by_duration:
+        return DynamicBucketingSampler(
+            cuts,
+            max_duration=cfg.max_duration,
+            num_buckets=cfg.num_buckets,
+            shuffle=True,
+            drop_last=False,
+            seed=seed,
+            world_size=world_size,
+            rank=rank,
+        )
+    return SimpleCutSampler(
+        cuts.sort_by_duration(ascending=True),
+        max_duration=cfg.max_duration,
+        shuffle=False,
+        world_size=world_size,
+        rank=rank,
+    )
+
+
+def make_loader(
+    cuts: CutSet,
+    tokenizer: Tokenizer,
+    cfg: DataConfig,
+    *,
+    train: bool,
+    sort_by_duration: bool = False,
+    seed: int = 0,
+    world_size: int | None = None,
+    rank: int | None = None,
+) -> DataLoader:
+    """A DataLoader yielding the batches described in the module docstring."""
+    spec = None
+    if train and cfg.spec_augment:
+        spec = SpecAugment(
+            time_warp_factor=cfg.time_warp_factor or None,
+            num_feature_masks=cfg.num_feature_masks,
+            features_mask_size=cfg.features_mask_size,
+            num_frame_masks=cfg.num_frame_masks,
+            frames_mask_size=cfg.frames_mask_size,
+        )
+    sampler = make_sampler(
+        cuts,
+        cfg,
+        train=train,
+        sort_by_duration=sort_by_duration,
+        seed=seed,
+        world_size=world_size,
+        rank=rank,
+    )
+    workers = cfg.num_workers if train else 0
+    return DataLoader(
+        AsrDataset(tokenizer, spec),
+        sampler=sampler,
+        batch_size=None,
+        num_workers=workers,
+        persistent_workers=False,
+    )

@@ -1,0 +1,239 @@
+"""The whole network in one file: a conformer encoder that also reads a partial CTC alignment.
+
+Shapes follow one contract: ``forward(x: (N, T, D), lengths: (N,)) -> (y, lengths)``.
+
+    fbank (N, T, 80) --ConvSubsampling x4--> (N, T', d)   T' = ((T - 1) // 2 - 1) // 2
+      + alignment embedding of tokens (N, T') in {blank, pieces..., [MASK]}   (added after block k)
+      --> conformer blocks --> Linear --> log_softmax (N, T', vocab_size)
+
+A CTC model is this network fed an all-[MASK] alignment. ``inject_layer`` k > 0 adds the alignment
+after block k, so :meth:`ImputerModel.encode_acoustic` (subsampling and the bottom k blocks) runs once
+per utterance and :meth:`ImputerModel.impute` (the top blocks) once per decoding step.
+
+Relative position information comes from rotary embeddings (RoFormer) on queries and keys: attention
+scores then depend only on the offset between frames, as with the Transformer-XL encoding of the
+conformer paper, but the attention runs through ``scaled_dot_product_attention``. Dropout masks are
+shared along time. The convolution module normalises with LayerNorm rather than BatchNorm so that an
+utterance's output does not depend on the rest of its batch. Padding is masked everywhere: padded keys are excluded from attention and padded
+frames are zeroed before the depthwise convolution.
+
+>>> from imputer_asr.config import ModelConfig
+>>> cfg = ModelConfig(vocab_size=10, mask_id=10, d_model=32, num_heads=2, ff_dim=64, num_layers=2)
+>>> model = ImputerModel(cfg).eval()
+>>> log_probs, lengths = model(torch.randn(2, 100, 80), torch.tensor([100, 60]))
+>>> tuple(log_probs.shape), lengths.tolist()
+((2, 24, 10), [24, 14])
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from imputer_asr.config import ModelConfig
+
+__all__ = ["ImputerModel", "subsampled_lengths", "padding_mask"]
+
+
+def subsampled_lengths(lengths: Tensor) -> Tensor:
+    """Number of encoder frames for ``lengths`` fbank frames (two unpadded stride-2 3x3 convs)."""
+    return ((lengths - 1) // 2 - 1) // 2
+
+
+def padding_mask(lengths: Tensor, max_len: int) -> Tensor:
+    """(N, max_len) bool, True at padded positions."""
+    return torch.arange(max_len, device=lengths.device)[None, :] >= lengths[:, None]
+
+
+class _ConvSubsampling(nn.Module):
+    def __init__(self, input_dim: int, channels: int, d_model: int, dropout: float) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(1, channels, 3, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, stride=2),
+            nn.ReLU(),
+        )
+        freq = ((input_dim - 1) // 2 - 1) // 2
+        self.out = nn.Linear(channels * freq, d_model)
+        self.dropout = _TimeSharedDropout(dropout)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        y = self.conv(x.unsqueeze(1))  # (N, C, T', F')
+        n, c, t, f = y.shape
+        y = self.out(y.transpose(1, 2).reshape(n, t, c * f))
+        return self.dropout(y), subsampled_lengths(lengths)
+
+
+class _TimeSharedDropout(nn.Module):
+    """Dropout whose mask is shared along time: (N, 1, D) instead of (N, T, D).
+
+    Drawing random numbers dominates a CPU training step with per-element masks (a third of the
+    step time measured here); sharing the mask along the time axis, as icefall's zipformer does,
+    makes it nearly free.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.rand(x.size(0), 1, x.size(-1), device=x.device) >= self.p
+        return x * keep.to(x.dtype) / (1.0 - self.p)
+
+
+def _rotary_tables(length: int, dim: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim))
+    angles = torch.arange(length, device=device, dtype=torch.float32)[:, None] * inv_freq[None, :]
+    return angles.cos(), angles.sin()  # (T, dim/2)
+
+
+def _apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    rotated = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return rotated.flatten(-2)
+
+
+class _RotarySelfAttention(nn.Module):
+    def __init__(self, d_model: int, num_heads: int) -> None:
+        super().__init__()
+        if d_model % num_heads or (d_model // num_heads) % 2:
+            raise ValueError(f"d_model {d_model} must split into {num_heads} heads of even size")
+        self.num_heads = num_heads
+        self.norm = nn.LayerNorm(d_model)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+
+    def forward(self, x: Tensor, attend: Tensor, rotary: tuple[Tensor, Tensor]) -> Tensor:
+        n, t, d = x.shape
+        q, k, v = self.qkv(self.norm(x)).view(n, t, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k = _apply_rotary(q, *rotary), _apply_rotary(k, *rotary)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attend)
+        return self.out(y.transpose(1, 2).reshape(n, t, d))
+
+
+class _ConvModule(nn.Module):
+    def __init__(self, d_model: int, kernel: int, dropout: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(d_model)
+        self.pointwise_in = nn.Linear(d_model, 2 * d_model)
+        self.depthwise = nn.Conv1d(d_model, d_model, kernel, padding=kernel // 2, groups=d_model)
+        self.depthwise_norm = nn.LayerNorm(d_model)
+        self.pointwise_out = nn.Linear(d_model, d_model)
+        self.dropout = _TimeSharedDropout(dropout)
+
+    def forward(self, x: Tensor, pad: Tensor) -> Tensor:
+        y = F.glu(self.pointwise_in(self.norm(x)), dim=-1)
+        y = y.masked_fill(pad[..., None], 0.0)
+        y = self.depthwise(y.transpose(1, 2)).transpose(1, 2)
+        y = F.silu(self.depthwise_norm(y))
+        return self.dropout(self.pointwise_out(y))
+
+
+class _FeedForward(nn.Module):
+    def __init__(self, d_model: int, ff_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.LayerNorm(d_model),
+            nn.Linear(d_model, ff_dim),
+            nn.SiLU(),
+            _TimeSharedDropout(dropout),
+            nn.Linear(ff_dim, d_model),
+            _TimeSharedDropout(dropout),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class _ConformerBlock(nn.Module):
+    """Macaron FFN/2, self-attention, convolution, FFN/2, LayerNorm."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.ff1 = _FeedForward(cfg.d_model, cfg.ff_dim, cfg.dropout)
+        self.attn = _RotarySelfAttention(cfg.d_model, cfg.num_heads)
+        self.conv = _ConvModule(cfg.d_model, cfg.conv_kernel, cfg.dropout)
+        self.ff2 = _FeedForward(cfg.d_model, cfg.ff_dim, cfg.dropout)
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.dropout = _TimeSharedDropout(cfg.dropout)
+
+    def forward(self, x: Tensor, pad: Tensor, attend: Tensor, rotary: tuple[Tensor, Tensor]) -> Tensor:
+        x = x + 0.5 * self.ff1(x)
+        x = x + self.dropout(self.attn(x, attend, rotary))
+        x = x + self.conv(x, pad)
+        x = x + 0.5 * self.ff2(x)
+        return self.norm(x)
+
+
+class ImputerModel(nn.Module):
+    """Conformer encoder over fbank plus a partial alignment; outputs per-frame log-probabilities.
+
+    Args:
+        cfg: model configuration; ``vocab_size``, ``blank_id`` and ``mask_id`` come from the tokenizer.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.vocab_size < 2 or not 0 <= cfg.blank_id < cfg.vocab_size:
+            raise ValueError(f"bad vocabulary: size {cfg.vocab_size}, blank {cfg.blank_id}")
+        if cfg.mask_id != cfg.vocab_size:
+            raise ValueError(f"mask_id must be vocab_size ({cfg.vocab_size}), got {cfg.mask_id}")
+        if not 0 <= cfg.inject_layer < cfg.num_layers:
+            raise ValueError(f"inject_layer must be in [0, {cfg.num_layers}), got {cfg.inject_layer}")
+        self.cfg = cfg
+        self.subsampling = _ConvSubsampling(cfg.input_dim, cfg.subsampling_channels, cfg.d_model, cfg.dropout)
+        self.align_embed = nn.Embedding(cfg.vocab_size + 1, cfg.d_model)
+        nn.init.normal_(self.align_embed.weight, std=1.0 / math.sqrt(cfg.d_model))
+        self.blocks = nn.ModuleList(_ConformerBlock(cfg) for _ in range(cfg.num_layers))
+        self.output = nn.Linear(cfg.d_model, cfg.vocab_size)
+
+    def _run_blocks(self, x: Tensor, lengths: Tensor, blocks: nn.ModuleList) -> Tensor:
+        pad = padding_mask(lengths, x.size(1))
+        attend = ~pad[:, None, None, :]
+        rotary = _rotary_tables(x.size(1), self.cfg.d_model // self.cfg.num_heads, x.device)
+        for block in blocks:
+            x = block(x, pad, attend, rotary)
+        return x
+
+    def encode_acoustic(self, features: Tensor, feature_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Subsampling and the blocks below ``inject_layer``: (N, T, F) -> (N, T', d), lengths."""
+        if features.dim() != 3 or features.size(-1) != self.cfg.input_dim:
+            raise ValueError(f"features must be (N, T, {self.cfg.input_dim}), got {features.shape}")
+        x, lengths = self.subsampling(features, feature_lengths)
+        if (lengths < 1).any():
+            raise ValueError("every utterance needs at least 7 feature frames")
+        bottom = self.blocks[: self.cfg.inject_layer]
+        return self._run_blocks(x, lengths, bottom) if len(bottom) else x, lengths
+
+    def impute(self, hidden: Tensor, lengths: Tensor, tokens: Tensor) -> Tensor:
+        """Top blocks over acoustic states plus alignment tokens -> log-probs (N, T', C)."""
+        x = hidden + self.align_embed(tokens)
+        x = self._run_blocks(x, lengths, self.blocks[self.cfg.inject_layer :])
+        return self.output(x).log_softmax(dim=-1)
+
+    def all_mask(self, hidden: Tensor) -> Tensor:
+        """The all-[MASK] alignment for ``hidden`` (N, T', d)."""
+        return hidden.new_full(hidden.shape[:2], self.cfg.mask_id, dtype=torch.long)
+
+    def forward(
+        self, features: Tensor, feature_lengths: Tensor, tokens: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """(N, T, F), (N,), optional alignment tokens (N, T') -> log-probs (N, T', C), lengths (N,).
+
+        Without ``tokens`` the alignment is all [MASK]: the network is a CTC model.
+        """
+        hidden, lengths = self.encode_acoustic(features, feature_lengths)
+        if tokens is None:
+            tokens = self.all_mask(hidden)
+        elif tokens.shape != hidden.shape[:2]:
+            raise ValueError(f"tokens must be {tuple(hidden.shape[:2])}, got {tuple(tokens.shape)}")
+        return self.impute(hidden, lengths, tokens), lengths
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

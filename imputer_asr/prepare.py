@@ -1,0 +1,200 @@
+"""Data preparation: LibriSpeech-layout corpus -> lhotse manifests -> cuts with stored fbank.
+
+Every step is idempotent: its outputs are written under temporary names and renamed into place, and a
+step whose outputs exist is skipped. Training cuts can be augmented while their features are computed
+(speed perturbation 0.9/1.1 and additive coloured noise at a random SNR), so the augmented copies are
+stored once. Cuts that CTC cannot align after 4x subsampling, or that are too long, are dropped here
+with a logged count, so nothing fails later because of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from lhotse import CutSet, Fbank, FbankConfig, LilcomChunkyWriter
+from lhotse.recipes import prepare_librispeech
+from lhotse.utils import compute_num_frames
+
+from imputer_asr.config import FeatureConfig
+from imputer_asr.tokenizer import Tokenizer
+
+__all__ = [
+    "prepare_manifests",
+    "manifest_texts",
+    "ctc_feasible",
+    "filter_cuts",
+    "NoiseAugment",
+    "compute_fbank",
+]
+
+log = logging.getLogger(__name__)
+
+
+def _cuts_path(manifest_dir: Path, part: str) -> Path:
+    return Path(manifest_dir) / f"cuts_{part}.jsonl.gz"
+
+
+def _write_cuts(cuts: CutSet, path: Path) -> None:
+    tmp = path.with_name(path.name.replace(".jsonl.gz", ".tmp.jsonl.gz"))
+    cuts.to_file(tmp)
+    tmp.replace(path)
+
+
+def prepare_manifests(corpus_dir: Path, manifest_dir: Path, parts: Sequence[str]) -> None:
+    """Read ``corpus_dir/<part>`` (LibriSpeech layout) into ``manifest_dir/cuts_<part>.jsonl.gz``.
+
+    Raises:
+        ValueError: a part is missing or holds no audio.
+    """
+    corpus_dir, manifest_dir = Path(corpus_dir), Path(manifest_dir)
+    missing = [p for p in parts if not (corpus_dir / p).is_dir()]
+    if missing:
+        raise ValueError(f"{corpus_dir}: missing corpus part(s): {', '.join(missing)}")
+    manifest_dir.mkdir(parents=True, exist_ok=True)
+    todo = [p for p in parts if not _cuts_path(manifest_dir, p).is_file()]
+    if not todo:
+        return
+    manifests = prepare_librispeech(corpus_dir, dataset_parts=todo, output_dir=manifest_dir)
+    for part in todo:
+        if part not in manifests or len(manifests[part]["recordings"]) == 0:
+            raise ValueError(f"{corpus_dir / part}: no audio files with transcripts found")
+        m = manifests[part]
+        cuts = CutSet.from_manifests(recordings=m["recordings"], supervisions=m["supervisions"])
+        cuts = cuts.trim_to_supervisions(keep_overlapping=False)
+        _write_cuts(cuts, _cuts_path(manifest_dir, part))
+        hours = sum(c.duration for c in cuts) / 3600
+        log.info("%s: %d cuts, %.2f h", part, len(cuts), hours)
+
+
+def manifest_texts(manifest_dir: Path, part: str) -> list[str]:
+    """Transcripts of one prepared part (to train the tokenizer)."""
+    path = _cuts_path(manifest_dir, part)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such manifest; run the manifests stage first")
+    return [s.text for c in CutSet.from_file(path) for s in c.supervisions]
+
+
+def ctc_feasible(num_encoder_frames: int, token_ids: Sequence[int]) -> bool:
+    """CTC needs one frame per token plus one blank between each pair of equal neighbours.
+
+    >>> ctc_feasible(3, [5, 5])
+    True
+    >>> ctc_feasible(2, [5, 5])
+    False
+    """
+    repeats = sum(a == b for a, b in zip(token_ids, token_ids[1:], strict=False))
+    return num_encoder_frames >= len(token_ids) + repeats
+
+
+def filter_cuts(cuts: CutSet, tokenizer: Tokenizer, features: FeatureConfig, max_duration: float) -> CutSet:
+    """Keep cuts of at most ``max_duration`` seconds that CTC can align after 4x subsampling."""
+    kept, dropped_long, dropped_short = [], 0, 0
+    for cut in cuts:
+        if cut.duration > max_duration:
+            dropped_long += 1
+            continue
+        frames = compute_num_frames(cut.duration, features.frame_shift, features.sample_rate)
+        encoder_frames = ((frames - 1) // 2 - 1) // 2
+        ids = tokenizer.encode(" ".join(s.text for s in cut.supervisions))
+        if not ids or not ctc_feasible(encoder_frames, ids):
+            dropped_short += 1
+            continue
+        kept.append(cut)
+    if dropped_long or dropped_short:
+        log.info(
+            "filtered %d of %d cuts: %d longer than %.0f s, %d too short for their transcript",
+            dropped_long + dropped_short,
+            len(cuts),
+            dropped_long,
+            max_duration,
+            dropped_short,
+        )
+    return CutSet.from_cuts(kept)
+
+
+@dataclass(frozen=True)
+class NoiseAugment:
+    """Add white, pink or brown noise at an SNR drawn uniformly in [min_snr, max_snr] dB.
+
+    Applied to a fraction ``prob`` of the waveforms. The random draw is seeded from the waveform
+    itself, so recomputing features gives the same result. Picklable, for lhotse's worker pools.
+    """
+
+    prob: float = 0.5
+    min_snr: float = 5.0
+    max_snr: float = 30.0
+    seed: int = 0
+
+    def __call__(self, samples: np.ndarray, sampling_rate: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, zlib.crc32(samples.tobytes())])
+        if rng.random() >= self.prob:
+            return samples
+        noise = _coloured_noise(samples.shape[-1], rng.choice([0.0, 1.0, 2.0]), rng)
+        snr_db = rng.uniform(self.min_snr, self.max_snr)
+        signal_power = float(np.mean(samples**2)) + 1e-12
+        scale = np.sqrt(signal_power / (10 ** (snr_db / 10)) / (np.mean(noise**2) + 1e-12))
+        return (samples + scale * noise).astype(samples.dtype)
+
+
+def _coloured_noise(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
+    """Noise with power spectral density 1/f**exponent (0 white, 1 pink, 2 brown)."""
+    spectrum = np.fft.rfft(rng.standard_normal(n))
+    freqs = np.maximum(np.fft.rfftfreq(n), 1.0 / n)
+    noise = np.fft.irfft(spectrum / freqs ** (exponent / 2), n)
+    return (noise / (np.std(noise) + 1e-12)).astype(np.float32)
+
+
+def compute_fbank(
+    manifest_dir: Path,
+    part: str,
+    output_dir: Path,
+    tokenizer: Tokenizer,
+    features: FeatureConfig,
+    *,
+    augment: bool = False,
+    speeds: Sequence[float] = (0.9, 1.1),
+    noise: NoiseAugment | None = None,
+    max_duration: float = 30.0,
+    num_jobs: int = 2,
+) -> Path:
+    """Compute and store 80-dim fbank for one part; returns the path of its cuts with features.
+
+    With ``augment``, speed-perturbed copies (``speeds``) are added and ``noise`` is mixed into
+    every copy's waveform before its features are computed.
+    """
+    output_dir = Path(output_dir)
+    out = output_dir / f"cuts_{part}_fbank.jsonl.gz"
+    if out.is_file():
+        log.info("%s exists, skipping", out)
+        return out
+    path = _cuts_path(manifest_dir, part)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such manifest; run the manifests stage first")
+    cuts = CutSet.from_file(path).to_eager()
+    if augment:
+        cuts = cuts + CutSet.from_cuts(c for s in speeds for c in cuts.perturb_speed(s))
+    cuts = filter_cuts(cuts, tokenizer, features, max_duration).to_eager()
+    extractor = Fbank(
+        FbankConfig(
+            sampling_rate=features.sample_rate,
+            frame_shift=features.frame_shift,
+            num_mel_bins=features.num_mel_bins,
+        )
+    )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    cuts = cuts.compute_and_store_features(
+        extractor=extractor,
+        storage_path=output_dir / f"feats_{part}",
+        num_jobs=num_jobs,
+        augment_fn=noise if augment else None,
+        storage_type=LilcomChunkyWriter,
+    )
+    _write_cuts(cuts, out)
+    hours = sum(c.duration for c in cuts) / 3600
+    log.info("%s: features for %d cuts (%.2f h) in %s", part, len(cuts), hours, out)
+    return out
