@@ -14,8 +14,8 @@ Relative position information comes from rotary embeddings (RoFormer) on queries
 scores then depend only on the offset between frames, as with the Transformer-XL encoding of the
 conformer paper, but the attention runs through ``scaled_dot_product_attention``. Dropout masks are
 shared along time. The convolution module normalises with LayerNorm rather than BatchNorm so that an
-utterance's output does not depend on the rest of its batch. Padding is masked everywhere: padded keys are excluded from attention and padded
-frames are zeroed before the depthwise convolution.
+utterance's output does not depend on the rest of its batch. Padding is masked everywhere: padded keys
+are excluded from attention and padded frames are zeroed before the depthwise convolution.
 
 >>> from imputer_asr.config import ModelConfig
 >>> cfg = ModelConfig(vocab_size=10, mask_id=10, d_model=32, num_heads=2, ff_dim=64, num_layers=2)
