@@ -39,11 +39,15 @@ def atomic_save(obj: Any, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_file(path: Path) -> dict[str, Any]:
@@ -53,9 +57,10 @@ def load_file(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: no such model file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt or foreign files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{path}: not a loadable model file ({first})") from None
+    except Exception:  # torch raises many types for corrupt or foreign files
+        raise ValueError(
+            f"{path}: not an imputer_asr model file (it does not load as a weights-only PyTorch file)"
+        ) from None
     if not isinstance(obj, dict) or "config" not in obj or "model" not in obj:
         raise ValueError(f"{path}: not an imputer_asr checkpoint or model")
     return obj
@@ -117,6 +122,9 @@ def load_packaged(path: Path) -> PackagedModel:
         tokenizer = Tokenizer(bytes(obj["tokenizer"].numpy().tobytes()))
         model = ImputerModel(cfg.model)
         model.load_state_dict(obj["model"])
-    except (ValueError, RuntimeError, KeyError) as exc:
+    except (ValueError, RuntimeError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"{path}: inconsistent model file ({exc})") from None
-    return PackagedModel(model.eval(), tokenizer, cfg, dict(obj.get("info", {})))
+    info = obj.get("info", {})
+    if not isinstance(info, dict):
+        raise ValueError(f"{path}: inconsistent model file (info is not a dict)")
+    return PackagedModel(model.eval(), tokenizer, cfg, info)

@@ -93,10 +93,14 @@ def _add_fbank(sub) -> None:
 
 
 def _run_fbank(args) -> None:
+    import torch
+
     from imputer_asr.config import FeatureConfig
     from imputer_asr.prepare import NoiseAugment, compute_fbank
     from imputer_asr.tokenizer import Tokenizer
 
+    if args.jobs > 1:
+        torch.set_num_threads(1)  # lhotse's worker pool can hang with multi-threaded torch
     compute_fbank(
         args.manifest_dir,
         args.part,

@@ -152,7 +152,7 @@ def load_config(path: Path) -> ExperimentConfig:
     """Read a JSON config file; a clear ValueError names the file when it is not valid."""
     try:
         values = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"cannot read config {path}: {exc}") from None
     try:
         return config_from_dict(values)

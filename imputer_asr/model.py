@@ -205,9 +205,11 @@ class ImputerModel(nn.Module):
         """Subsampling and the blocks below ``inject_layer``: (N, T, F) -> (N, T', d), lengths."""
         if features.dim() != 3 or features.size(-1) != self.cfg.input_dim:
             raise ValueError(f"features must be (N, T, {self.cfg.input_dim}), got {features.shape}")
+        if feature_lengths.shape != features.shape[:1]:
+            raise ValueError(f"lengths must be ({features.size(0)},), got {tuple(feature_lengths.shape)}")
+        if (feature_lengths < 7).any() or (feature_lengths > features.size(1)).any():
+            raise ValueError(f"lengths must be in [7, {features.size(1)}], got {feature_lengths.tolist()}")
         x, lengths = self.subsampling(features, feature_lengths)
-        if (lengths < 1).any():
-            raise ValueError("every utterance needs at least 7 feature frames")
         bottom = self.blocks[: self.cfg.inject_layer]
         return self._run_blocks(x, lengths, bottom) if len(bottom) else x, lengths
 

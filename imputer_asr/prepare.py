@@ -65,7 +65,7 @@ def prepare_manifests(corpus_dir: Path, manifest_dir: Path, parts: Sequence[str]
             raise ValueError(f"{corpus_dir / part}: no audio files with transcripts found")
         m = manifests[part]
         cuts = CutSet.from_manifests(recordings=m["recordings"], supervisions=m["supervisions"])
-        cuts = cuts.trim_to_supervisions(keep_overlapping=False)
+        cuts = cuts.trim_to_supervisions(keep_overlapping=False).to_eager()
         _write_cuts(cuts, _cuts_path(manifest_dir, part))
         hours = sum(c.duration for c in cuts) / 3600
         log.info("%s: %d cuts, %.2f h", part, len(cuts), hours)

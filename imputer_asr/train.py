@@ -112,7 +112,7 @@ def train_one_epoch(
         optimizer.step()
         clock.step += 1
         clock.audio_seconds += sum(batch["durations"])
-        window_loss += float(loss_sum)
+        window_loss += float(loss_sum.detach())
         window_tokens += num_tokens
         now = time.perf_counter()
         clock.wall_time += now - start

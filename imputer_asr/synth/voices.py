@@ -1,0 +1,225 @@
+"""Synthetic speakers: one fixed engine + voice + variant + speaking rate + pitch.
+
+Two engines are used, both discovered at run time:
+
+- ``espeak-ng``: every installed English voice that needs no MBROLA (``en-us``, ``en-gb``,
+  ``en-gb-scotland``, ``en-gb-x-rp``, ``en-029``, ``en-us-nyc``, ...) crossed with every voice
+  variant (``m1``-``m8``, ``f1``-``f5``, ``klatt``-``klatt6``, ``whisper`` and the named ones)
+  or none. ``rate`` is words per minute (``-s``), ``pitch`` is espeak's 0-99 pitch (``-p``).
+- ``flite``: its general-domain voices (``kal``, ``kal16``, ``awb``, ``rms``, ``slt``; not the
+  talking clock ``awb_time``). ``rate`` is a speed factor (``duration_stretch = 1 / rate``),
+  ``pitch`` the target mean F0 in Hz (``int_f0_target_mean``). ``rms`` ignores that feature
+  (it always speaks at 100 Hz), so its pitch is moved by sox's ``pitch`` effect instead.
+
+The espeak-ng variant ``fast`` is left out: it is a developer setting of the synthesiser
+("unstable", says its file), not a voice. Whispered and robotic variants are kept: they are
+intelligible, and the model should meet voices unlike the ones it trained on.
+
+:func:`sample_speakers` draws speakers with distinct timbres (engine, voice, variant) while
+there are timbres left; flite's few voices get ``FLITE_SHARE`` of the draw so that they are
+not drowned by espeak-ng's hundreds of combinations.
+
+>>> speaker = Speaker(7, "espeak-ng", "en-gb", "f3", 150, 60)
+>>> speaker.command("hello world.", Path("out.wav"))
+['espeak-ng', '-v', 'en-gb+f3', '-s', '150', '-p', '60', '-w', 'out.wav', '--', 'hello world.']
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import random
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "INSTALL_HINT",
+    "FLITE_SHARE",
+    "Timbre",
+    "Speaker",
+    "require_tools",
+    "list_timbres",
+    "sample_speakers",
+]
+
+INSTALL_HINT = "install espeak-ng flite sox: apt-get install -y espeak-ng flite sox fortunes"
+FLITE_SHARE = 0.2
+TOOLS = ("espeak-ng", "flite", "sox")
+
+ESPEAK_RATE_WPM = (120, 210)
+ESPEAK_PITCH = (20, 80)
+FLITE_SPEED = (0.8, 1.25)
+# Target mean F0 in Hz per flite voice, around each voice's own register.
+FLITE_F0_HZ = {"slt": (150, 230)}
+FLITE_MALE_F0_HZ = (80, 145)
+# flite voices whose F0 is fixed at this value whatever int_f0_target_mean says.
+_FLITE_FIXED_F0_HZ = {"rms": 100.0}
+_EXCLUDED_ESPEAK_VARIANTS = frozenset({"fast"})
+_EXCLUDED_FLITE_VOICES = frozenset({"awb_time"})
+
+
+@dataclass(frozen=True)
+class Timbre:
+    """What a speaker sounds like before rate and pitch: engine, voice and variant."""
+
+    engine: str
+    voice: str
+    variant: str | None = None
+
+
+@dataclass(frozen=True)
+class Speaker:
+    """One synthetic speaker; see the module docstring for the units of ``rate`` and ``pitch``."""
+
+    speaker_id: int
+    engine: str
+    voice: str
+    variant: str | None
+    rate: int | float
+    pitch: int | float
+
+    @property
+    def timbre(self) -> Timbre:
+        return Timbre(self.engine, self.voice, self.variant)
+
+    def command(self, text: str, wav_path: Path) -> list[str]:
+        """The command line that speaks ``text`` into the WAV file ``wav_path``."""
+        if self.engine == "espeak-ng":
+            voice = self.voice if self.variant is None else f"{self.voice}+{self.variant}"
+            rate, pitch = str(self.rate), str(self.pitch)
+            return ["espeak-ng", "-v", voice, "-s", rate, "-p", pitch, "-w", str(wav_path), "--", text]
+        if self.engine == "flite":
+            return [
+                "flite",
+                "-voice",
+                self.voice,
+                "--setf",
+                f"duration_stretch={1 / self.rate:.4f}",
+                "--setf",
+                f"int_f0_target_mean={self.pitch}",
+                "-t",
+                text,
+                "-o",
+                str(wav_path),
+            ]
+        raise ValueError(f"unknown engine {self.engine!r}; expected 'espeak-ng' or 'flite'")
+
+    def sox_effects(self) -> list[str]:
+        """sox effects that finish the voice after synthesis (pitch for fixed-F0 voices)."""
+        fixed_f0 = _FLITE_FIXED_F0_HZ.get(self.voice) if self.engine == "flite" else None
+        if fixed_f0 is None or self.pitch == fixed_f0:
+            return []
+        cents = round(1200 * math.log2(self.pitch / fixed_f0))
+        return ["pitch", str(cents)]
+
+
+def require_tools(tools: tuple[str, ...] = TOOLS) -> None:
+    """Raise RuntimeError naming the missing programs unless all of ``tools`` are on PATH."""
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if missing:
+        raise RuntimeError(f"missing {' '.join(missing)}; {INSTALL_HINT}")
+
+
+def _run(command: list[str]) -> str:
+    result = subprocess.run(command, capture_output=True, text=True, check=True, timeout=60)
+    return result.stdout
+
+
+def _voice_table(stdout: str) -> list[tuple[str, str]]:
+    """(language, file) rows of ``espeak-ng --voices=...``; files may hold spaces."""
+    rows = []
+    for line in stdout.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 5:
+            continue
+        file_fields = []
+        for field in fields[4:]:
+            if field.startswith("("):
+                break
+            file_fields.append(field)
+        rows.append((fields[1], " ".join(file_fields)))
+    return rows
+
+
+def _espeak_timbres() -> list[Timbre]:
+    voices = sorted(
+        {
+            language
+            for language, file in _voice_table(_run(["espeak-ng", "--voices=en"]))
+            if language.startswith("en") and not file.startswith("mb/")
+        }
+    )
+    variants = sorted(
+        {
+            file.removeprefix("!v/")
+            for _, file in _voice_table(_run(["espeak-ng", "--voices=variant"]))
+            if file.startswith("!v/")
+        }
+        - _EXCLUDED_ESPEAK_VARIANTS
+    )
+    if not voices:
+        raise RuntimeError(f"espeak-ng lists no English voice; {INSTALL_HINT}")
+    return [Timbre("espeak-ng", v, variant) for v in voices for variant in [None, *variants]]
+
+
+def _flite_timbres() -> list[Timbre]:
+    listing = _run(["flite", "-lv"]).split(":", 1)[-1].split()
+    voices = sorted(set(listing) - _EXCLUDED_FLITE_VOICES)
+    return [Timbre("flite", voice) for voice in voices]
+
+
+@functools.lru_cache(maxsize=1)
+def list_timbres() -> tuple[Timbre, ...]:
+    """Every installed timbre, sorted; raises RuntimeError when a tool is missing."""
+    require_tools()
+    timbres = _espeak_timbres() + _flite_timbres()
+    return tuple(sorted(timbres, key=lambda t: (t.engine, t.voice, t.variant or "")))
+
+
+def _draw_timbres(timbres: tuple[Timbre, ...], n: int, rng: random.Random) -> list[Timbre]:
+    """``n`` timbres, distinct while there are enough, by weighted sampling without replacement.
+
+    Each engine gets a share of the probability mass (flite ``FLITE_SHARE``), split evenly
+    among its timbres; Efraimidis-Spirakis keys ``u ** (1 / w)`` give the order of draw.
+    """
+    counts = {engine: sum(t.engine == engine for t in timbres) for engine in ("espeak-ng", "flite")}
+    share = {"flite": FLITE_SHARE if counts["espeak-ng"] else 1.0}
+    share["espeak-ng"] = 1.0 - share["flite"] if counts["flite"] else 1.0
+    order: list[Timbre] = []
+    while len(order) < n:
+        keys = [rng.random() ** (counts[t.engine] / share[t.engine]) for t in timbres]
+        order += [t for _, t in sorted(zip(keys, timbres, strict=True), key=lambda kt: -kt[0])]
+    return order[:n]
+
+
+def _draw_prosody(timbre: Timbre, rng: random.Random) -> tuple[int | float, int | float]:
+    if timbre.engine == "espeak-ng":
+        return rng.randint(*ESPEAK_RATE_WPM), rng.randint(*ESPEAK_PITCH)
+    speed = round(rng.uniform(*FLITE_SPEED), 2)
+    return speed, rng.randint(*FLITE_F0_HZ.get(timbre.voice, FLITE_MALE_F0_HZ))
+
+
+def sample_speakers(n: int, seed: int, first_id: int = 100) -> list[Speaker]:
+    """``n`` distinct speakers with ids ``first_id, first_id + 1, ...``, the same for a seed.
+
+    The draw depends only on ``seed`` and on the installed voices.
+
+    >>> speakers = sample_speakers(3, seed=0)  # doctest: +SKIP
+    >>> len({s.timbre for s in speakers})  # doctest: +SKIP
+    3
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    rng = random.Random(seed)
+    speakers: list[Speaker] = []
+    seen: set[tuple[Timbre, int | float, int | float]] = set()
+    for timbre in _draw_timbres(list_timbres(), n, rng):
+        rate, pitch = _draw_prosody(timbre, rng)
+        while (timbre, rate, pitch) in seen:
+            rate, pitch = _draw_prosody(timbre, rng)
+        seen.add((timbre, rate, pitch))
+        speaker_id = first_id + len(speakers)
+        speakers.append(Speaker(speaker_id, timbre.engine, timbre.voice, timbre.variant, rate, pitch))
+    return speakers

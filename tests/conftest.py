@@ -1,0 +1,59 @@
+"""Shared fixtures: a tiny synthesized corpus, prepared once per test session.
+
+The corpus is rendered by the same code as the synth recipe (espeak-ng/flite), so tests that use it
+are skipped with a clear reason when those tools are missing.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from imputer_asr.config import FeatureConfig
+from imputer_asr.prepare import compute_fbank, manifest_texts, prepare_manifests
+from imputer_asr.tokenizer import Tokenizer, train_tokenizer
+
+PARTS = ("train", "dev", "test")
+
+
+@dataclass(frozen=True)
+class TinyCorpus:
+    corpus_dir: Path
+    manifest_dir: Path
+    fbank_dir: Path
+    tokenizer: Tokenizer
+
+    def fbank_cuts(self, part: str) -> Path:
+        return self.fbank_dir / f"cuts_{part}_fbank.jsonl.gz"
+
+
+@pytest.fixture(autouse=True)
+def _two_threads():
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> TinyCorpus:
+    if not (shutil.which("espeak-ng") and shutil.which("sox") and shutil.which("flite")):
+        pytest.skip("espeak-ng, flite and sox are needed (apt-get install espeak-ng flite sox fortunes)")
+    from imputer_asr.synth import render_corpus
+
+    root = tmp_path_factory.mktemp("tiny")
+    corpus = root / "corpus"
+    render_corpus(
+        corpus,
+        num_utts={"train": 12, "dev": 4, "test": 4},
+        num_speakers={"train": 3, "dev": 1, "test": 1},
+        seed=1,
+        num_jobs=2,
+    )
+    manifests = root / "manifests"
+    prepare_manifests(corpus, manifests, PARTS)
+    tokenizer = train_tokenizer(manifest_texts(manifests, "train"), root / "bpe.model", vocab_size=60)
+    for part in PARTS:
+        compute_fbank(manifests, part, root / "fbank", tokenizer, FeatureConfig(), num_jobs=1)
+    return TinyCorpus(corpus, manifests, root / "fbank", tokenizer)

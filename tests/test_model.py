@@ -1,0 +1,257 @@
+"""Tests for imputer_asr.model: shapes, padding invariance, the inject-layer split, errors, gradients."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from imputer_asr.config import ModelConfig
+from imputer_asr.model import ImputerModel, padding_mask, subsampled_lengths
+
+VOCAB = 9
+FEAT = 20
+LENGTHS = [40, 23, 9]  # ragged; 9 frames -> 1 encoder frame
+
+
+def _config(**changes) -> ModelConfig:
+    base = ModelConfig(
+        vocab_size=VOCAB,
+        blank_id=0,
+        mask_id=VOCAB,
+        input_dim=FEAT,
+        subsampling_channels=4,
+        d_model=16,
+        num_heads=2,
+        ff_dim=32,
+        num_layers=3,
+        conv_kernel=5,
+        dropout=0.1,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def _model(seed: int = 0, **changes) -> ImputerModel:
+    torch.manual_seed(seed)
+    return ImputerModel(_config(**changes))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _ragged_batch(seed: int = 0) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Utterances, and their batch padded with large noise (so a leak through padding shows)."""
+    g = torch.Generator().manual_seed(seed)
+    utts = [torch.randn(n, FEAT, generator=g) for n in LENGTHS]
+    batch = 100.0 * torch.randn(len(utts), max(LENGTHS), FEAT, generator=g)
+    for i, u in enumerate(utts):
+        batch[i, : len(u)] = u
+    return utts, batch, torch.tensor(LENGTHS)
+
+
+def _random_tokens(n: int, t: int, seed: int) -> torch.Tensor:
+    """Alignment tokens in {blank, pieces, [MASK]}."""
+    return torch.randint(VOCAB + 1, (n, t), generator=torch.Generator().manual_seed(seed))
+
+
+def test_subsampled_lengths_match_the_conv_stack() -> None:
+    model = _model()
+    lengths = torch.arange(7, 41)
+    expected = subsampled_lengths(lengths)
+    for n, want in zip(lengths.tolist(), expected.tolist(), strict=True):
+        y = model.subsampling.conv(torch.randn(1, 1, n, FEAT))
+        assert y.shape[2] == want, n
+        # Brute force: two unpadded 3-wide stride-2 windows.
+        assert want == len(range(0, len(range(0, n - 2, 2)) - 2, 2))
+    assert expected.min() == 1
+    assert subsampled_lengths(torch.tensor([6])).item() == 0
+
+
+def test_padding_mask() -> None:
+    mask = padding_mask(torch.tensor([3, 1, 0]), 4)
+    assert mask.tolist() == [
+        [False, False, False, True],
+        [False, True, True, True],
+        [True, True, True, True],
+    ]
+
+
+@pytest.mark.parametrize("inject_layer", [0, 2])
+def test_output_shapes(inject_layer: int) -> None:
+    model = _model(inject_layer=inject_layer).eval()
+    _, batch, lengths = _ragged_batch()
+    log_probs, out_lengths = model(batch, lengths)
+    t = subsampled_lengths(torch.tensor(max(LENGTHS))).item()
+    assert log_probs.shape == (len(LENGTHS), t, VOCAB)
+    assert out_lengths.tolist() == subsampled_lengths(lengths).tolist()
+    hidden, hidden_lengths = model.encode_acoustic(batch, lengths)
+    assert hidden.shape == (len(LENGTHS), t, 16)
+    assert torch.equal(hidden_lengths, out_lengths)
+    mask = model.all_mask(hidden)
+    assert mask.shape == (len(LENGTHS), t) and mask.dtype == torch.long
+    assert (mask == model.cfg.mask_id).all()
+
+
+@pytest.mark.parametrize("inject_layer", [0, 2])
+@pytest.mark.parametrize("with_tokens", [False, True])
+def test_padding_invariance(inject_layer: int, with_tokens: bool) -> None:
+    model = _model(inject_layer=inject_layer).eval()
+    utts, batch, lengths = _ragged_batch()
+    t = subsampled_lengths(lengths)
+    tokens = _random_tokens(len(utts), int(t.max()), seed=3) if with_tokens else None
+    with torch.no_grad():
+        batched, batched_lengths = model(batch, lengths, tokens)
+        for i, u in enumerate(utts):
+            alone_tokens = None if tokens is None else tokens[i : i + 1, : t[i]]
+            alone, alone_lengths = model(u[None], torch.tensor([len(u)]), alone_tokens)
+            assert alone_lengths.item() == batched_lengths[i].item() == alone.shape[1]
+            torch.testing.assert_close(batched[i, : t[i]], alone[0], atol=1e-5, rtol=0)
+
+
+def test_padding_invariance_of_acoustic_states() -> None:
+    model = _model(inject_layer=2).eval()
+    utts, batch, lengths = _ragged_batch(seed=1)
+    t = subsampled_lengths(lengths)
+    with torch.no_grad():
+        hidden, _ = model.encode_acoustic(batch, lengths)
+        for i, u in enumerate(utts):
+            alone, _ = model.encode_acoustic(u[None], torch.tensor([len(u)]))
+            torch.testing.assert_close(hidden[i, : t[i]], alone[0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("inject_layer", [0, 2])
+def test_forward_is_encode_then_impute(inject_layer: int) -> None:
+    model = _model(inject_layer=inject_layer).eval()
+    _, batch, lengths = _ragged_batch()
+    with torch.no_grad():
+        log_probs, out_lengths = model(batch, lengths)
+        hidden, hidden_lengths = model.encode_acoustic(batch, lengths)
+        assert torch.equal(out_lengths, hidden_lengths)
+        assert torch.equal(log_probs, model.impute(hidden, hidden_lengths, model.all_mask(hidden)))
+        tokens = _random_tokens(*hidden.shape[:2], seed=5)
+        assert torch.equal(model(batch, lengths, tokens)[0], model.impute(hidden, out_lengths, tokens))
+
+
+def test_injected_tokens_only_reach_the_top_blocks() -> None:
+    model = _model(inject_layer=2).eval()
+    _, batch, lengths = _ragged_batch()
+    with torch.no_grad():
+        hidden_a, lengths_a = model.encode_acoustic(batch, lengths)
+        tokens_a = _random_tokens(*hidden_a.shape[:2], seed=1)
+        tokens_b = (tokens_a + 1) % (VOCAB + 1)
+        hidden_b, _ = model.encode_acoustic(batch, lengths)
+        assert torch.equal(hidden_a, hidden_b)
+        out_a = model.impute(hidden_a, lengths_a, tokens_a)
+        out_b = model.impute(hidden_a, lengths_a, tokens_b)
+        valid = ~padding_mask(lengths_a, hidden_a.size(1))
+        assert (out_a - out_b)[valid].abs().amax(dim=-1).min() > 1e-4
+        # The bottom blocks are really run: states differ from inject_layer=0 with equal weights.
+        shallow = ImputerModel(dataclasses.replace(model.cfg, inject_layer=0)).eval()
+        shallow.load_state_dict(model.state_dict())
+        assert not torch.allclose(shallow.encode_acoustic(batch, lengths)[0], hidden_a)
+
+
+@pytest.mark.parametrize("inject_layer", [0, 1])
+def test_log_probs_normalised(inject_layer: int) -> None:
+    model = _model(inject_layer=inject_layer).eval()
+    _, batch, lengths = _ragged_batch()
+    with torch.no_grad():
+        log_probs, _ = model(batch, lengths, _random_tokens(3, 9, seed=2))
+    assert (log_probs <= 0).all()
+    torch.testing.assert_close(
+        log_probs.double().exp().sum(-1), torch.ones(log_probs.shape[:2], dtype=torch.float64)
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "needle"),
+    [
+        ({"mask_id": VOCAB + 1}, "mask_id"),
+        ({"mask_id": 0}, "mask_id"),
+        ({"inject_layer": 3}, "inject_layer"),
+        ({"inject_layer": -1}, "inject_layer"),
+        ({"num_heads": 3}, "heads"),
+        ({"d_model": 18, "num_heads": 2}, "heads"),  # heads of odd size cannot be rotated
+        ({"vocab_size": 1, "mask_id": 1}, "vocabulary"),
+        ({"blank_id": VOCAB}, "vocabulary"),
+    ],
+)
+def test_bad_config_raises(changes: dict, needle: str) -> None:
+    with pytest.raises(ValueError, match=needle):
+        ImputerModel(_config(**changes))
+
+
+def test_bad_inputs_raise() -> None:
+    model = _model().eval()
+    features = torch.randn(2, 30, FEAT)
+    lengths = torch.tensor([30, 20])
+    with pytest.raises(ValueError, match="features"):
+        model(torch.randn(2, 30, FEAT + 1), lengths)
+    with pytest.raises(ValueError, match="features"):
+        model(torch.randn(30, FEAT), lengths)
+    with pytest.raises(ValueError, match=r"lengths must be in \[7, 30\]"):
+        model(features, torch.tensor([30, 6]))
+    with pytest.raises(ValueError, match="tokens"):
+        model(features, lengths, torch.zeros(2, 7, dtype=torch.long))  # T' is 6, not 7
+    with pytest.raises(ValueError, match="tokens"):
+        model(features, lengths, torch.zeros(2, 6, 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="tokens"):
+        model(features, lengths, torch.zeros(1, 6, dtype=torch.long))
+    assert model(features, lengths, torch.zeros(2, 6, dtype=torch.long))[0].shape == (2, 6, VOCAB)
+
+
+def test_too_short_batch_raises_value_error() -> None:
+    model = _model().eval()
+    with pytest.raises(ValueError):
+        model(torch.randn(1, 6, FEAT), torch.tensor([6]))
+
+
+def test_dropout_active_in_train_mode_only() -> None:
+    model = _model(dropout=0.3)
+    _, batch, lengths = _ragged_batch()
+    tokens = _random_tokens(3, 9, seed=4)
+    model.train()
+    first, _ = model(batch, lengths, tokens)
+    second, _ = model(batch, lengths, tokens)
+    assert not torch.allclose(first, second)
+    model.eval()
+    with torch.no_grad():
+        first, _ = model(batch, lengths, tokens)
+        second, _ = model(batch, lengths, tokens)
+    assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("inject_layer", [0, 2])
+@pytest.mark.parametrize("with_tokens", [False, True])
+def test_gradients_reach_every_parameter(inject_layer: int, with_tokens: bool) -> None:
+    model = _model(inject_layer=inject_layer, dropout=0.0).train()
+    _, batch, lengths = _ragged_batch()
+    t = subsampled_lengths(lengths)
+    tokens = None
+    if with_tokens:
+        # Valid frames use ids 0..4; padded frames use ids 5..9 ([MASK] included).
+        tokens = _random_tokens(3, int(t.max()), seed=6) % 5
+        tokens = tokens.masked_fill(padding_mask(t, int(t.max())), 7)
+        tokens[0, -1] = VOCAB  # one [MASK] on a valid frame of the longest utterance
+    log_probs, out_lengths = model(batch, lengths, tokens)
+    targets = torch.tensor([[1, 2, 3], [4, 4, 0], [5, 0, 0]])
+    loss = F.ctc_loss(log_probs.transpose(0, 1), targets, out_lengths, torch.tensor([3, 2, 1]), blank=0)
+    assert torch.isfinite(loss)
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        if name != "align_embed.weight":
+            assert p.grad.abs().sum() > 0, name
+    grad = model.align_embed.weight.grad
+    used = set(tokens[~padding_mask(t, int(t.max()))].tolist()) if with_tokens else {VOCAB}
+    for row in range(VOCAB + 1):
+        # Exactly the ids on valid frames get a gradient: padded frames reach no valid output.
+        assert (grad[row].abs().sum() > 0) == (row in used), row
