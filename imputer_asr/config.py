@@ -95,6 +95,7 @@ class TrainConfig:
     seed: int = 0
     num_threads: int = 2
     log_every: int = 20
+    valid_every: int = 0
     average_last: int = 3
     sort_first_epoch: bool = True
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import logging
 import zlib
+from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from lhotse import CutSet, Fbank, FbankConfig, LilcomChunkyWriter
 from lhotse.recipes import prepare_librispeech
 from lhotse.utils import compute_num_frames
@@ -143,10 +145,16 @@ class NoiseAugment:
 
 def _coloured_noise(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
     """Noise with power spectral density 1/f**exponent (0 white, 1 pink, 2 brown)."""
-    spectrum = np.fft.rfft(rng.standard_normal(n))
-    freqs = np.maximum(np.fft.rfftfreq(n), 1.0 / n)
-    noise = np.fft.irfft(spectrum / freqs ** (exponent / 2), n)
+    size = 1 << max(n - 1, 1).bit_length()  # a power of two: FFTs of odd lengths are slow
+    spectrum = np.fft.rfft(rng.standard_normal(size))
+    freqs = np.maximum(np.fft.rfftfreq(size), 1.0 / size)
+    noise = np.fft.irfft(spectrum / freqs ** (exponent / 2), size)[:n]
     return (noise / (np.std(noise) + 1e-12)).astype(np.float32)
+
+
+def _single_threaded() -> None:
+    """Worker initialiser: one torch thread per process, or 2 workers on 2 cores oversubscribe."""
+    torch.set_num_threads(1)
 
 
 def compute_fbank(
@@ -187,13 +195,15 @@ def compute_fbank(
         )
     )
     output_dir.mkdir(parents=True, exist_ok=True)
-    cuts = cuts.compute_and_store_features(
-        extractor=extractor,
-        storage_path=output_dir / f"feats_{part}",
-        num_jobs=num_jobs,
-        augment_fn=noise if augment else None,
-        storage_type=LilcomChunkyWriter,
-    )
+    with ProcessPoolExecutor(num_jobs, initializer=_single_threaded) as executor:
+        cuts = cuts.compute_and_store_features(
+            extractor=extractor,
+            storage_path=output_dir / f"feats_{part}",
+            num_jobs=num_jobs,
+            augment_fn=noise if augment else None,
+            storage_type=LilcomChunkyWriter,
+            executor=executor,
+        )
     _write_cuts(cuts, out)
     hours = sum(c.duration for c in cuts) / 3600
     log.info("%s: features for %d cuts (%.2f h) in %s", part, len(cuts), hours, out)

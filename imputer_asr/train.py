@@ -96,7 +96,9 @@ def train_one_epoch(
     total_steps: int,
     cfg: TrainConfig,
     json_log: _JsonLog,
+    every_step: Callable[[], None] | None = None,
 ) -> None:
+    """One pass over ``loader``; ``every_step`` runs after each update, off the training clock."""
     model.train()
     window_loss, window_tokens = 0.0, 0
     bar = tqdm(loader, desc=f"epoch {clock.epoch}", unit="batch", dynamic_ncols=True, leave=False)
@@ -132,6 +134,10 @@ def train_one_epoch(
                 }
             )
             window_loss, window_tokens = 0.0, 0
+        if every_step is not None:
+            every_step()
+            model.train()
+            start = time.perf_counter()
     bar.close()
 
 
@@ -218,10 +224,22 @@ def fit(
             sort_by_duration=sort_first,
             seed=cfg.train.seed + clock.epoch,
         )
-        train_one_epoch(model, optimizer, loader, objective, clock, total_steps, cfg.train, json_log)
-        metrics = validate(model, tokenizer, dev_cuts, objective)
-        record = {"kind": "valid", "epoch": clock.epoch, "step": clock.step}
-        json_log.write({**record, "wall_time": round(clock.wall_time, 2), **metrics})
+
+        def validate_now() -> dict[str, float]:
+            metrics = validate(model, tokenizer, dev_cuts, objective)
+            record = {"kind": "valid", "epoch": clock.epoch, "step": clock.step}
+            json_log.write({**record, "wall_time": round(clock.wall_time, 2), **metrics})
+            return metrics
+
+        def every_step() -> None:
+            if cfg.train.valid_every and clock.step % cfg.train.valid_every == 0:
+                metrics = validate_now()
+                log.info("step %d: dev WER %.2f%%", clock.step, 100 * metrics["wer"])
+
+        train_one_epoch(
+            model, optimizer, loader, objective, clock, total_steps, cfg.train, json_log, every_step
+        )
+        metrics = validate_now()
         log.info(
             "epoch %d: dev loss %.3f, WER %.2f%%, CER %.2f%%, %.1f min of training, %.0f s audio/s",
             clock.epoch,

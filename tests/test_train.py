@@ -1,0 +1,81 @@
+"""fit(): checkpoints every epoch, resumes exactly where it stopped, refuses to overwrite."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from lhotse import CutSet
+
+from imputer_asr.checkpoint import epoch_checkpoints, load_file
+from imputer_asr.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
+from imputer_asr.train import fit
+
+
+def _config(tok, epochs: int) -> ExperimentConfig:
+    model = ModelConfig(
+        vocab_size=tok.vocab_size,
+        blank_id=tok.blank_id,
+        mask_id=tok.mask_id,
+        d_model=32,
+        num_heads=2,
+        ff_dim=64,
+        num_layers=2,
+    )
+    data = DataConfig(max_duration=15.0, num_workers=0)
+    train = TrainConfig(epochs=epochs, warmup_steps=2, log_every=1, num_threads=2)
+    return ExperimentConfig(model=model, data=data, train=train)
+
+
+@pytest.fixture(scope="module")
+def cuts(tiny_corpus):
+    train = CutSet.from_file(tiny_corpus.fbank_cuts("train")).to_eager()
+    dev = CutSet.from_file(tiny_corpus.fbank_cuts("dev")).to_eager()
+    return train, dev
+
+
+def test_resume_continues_exactly(tiny_corpus, cuts, tmp_path):
+    tok = tiny_corpus.tokenizer
+    train, dev = cuts
+    straight = fit(_config(tok, 2), tmp_path / "straight", train, dev, tok)
+
+    fit(_config(tok, 1), tmp_path / "resumed", train, dev, tok)
+    # A second run asked for 2 epochs picks up after epoch 1. The schedule length differs between
+    # the two calls (1 vs 2 epochs), so compare against a straight run of the same total length
+    # only through the final epoch's data order and the checkpoint bookkeeping.
+    resumed = fit(_config(tok, 2), tmp_path / "resumed", train, dev, tok, resume=True)
+
+    names = [p.name for p in epoch_checkpoints(tmp_path / "resumed")]
+    assert names == ["epoch-1.pt", "epoch-2.pt"]
+    state = load_file(tmp_path / "resumed" / "epoch-2.pt")
+    assert state["clock"]["epoch"] == 2
+    assert state["clock"]["step"] == load_file(tmp_path / "straight" / "epoch-2.pt")["clock"]["step"]
+    records = [json.loads(line) for line in (tmp_path / "resumed" / "train_log.jsonl").open()]
+    valid = [r for r in records if r["kind"] == "valid"]
+    assert [r["epoch"] for r in valid] == [1, 2]
+    assert valid[1]["wall_time"] >= valid[0]["wall_time"]  # the clock carries across the resume
+    assert (tmp_path / "resumed" / "train.done").exists()
+    assert set(straight.state_dict()) == set(resumed.state_dict())
+
+
+def test_resume_is_bitwise_identical_when_nothing_changes(tiny_corpus, cuts, tmp_path):
+    """Stopping after epoch 1 and resuming gives the same weights as never stopping."""
+    tok = tiny_corpus.tokenizer
+    train, dev = cuts
+    cfg = _config(tok, 2)
+    straight = fit(cfg, tmp_path / "a", train, dev, tok)
+    fit(cfg, tmp_path / "b", train, dev, tok)
+    (tmp_path / "b" / "epoch-2.pt").unlink()  # as if killed during epoch 2
+    (tmp_path / "b" / "train.done").unlink()
+    resumed = fit(cfg, tmp_path / "b", train, dev, tok, resume=True)
+    for name, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[name]), name
+
+
+def test_refuses_to_overwrite_without_resume(tiny_corpus, cuts, tmp_path):
+    tok = tiny_corpus.tokenizer
+    train, dev = cuts
+    fit(_config(tok, 1), tmp_path / "exp", train, dev, tok)
+    with pytest.raises(ValueError, match="--resume"):
+        fit(_config(tok, 2), tmp_path / "exp", train, dev, tok, resume=False)
