@@ -275,6 +275,156 @@ def _run_plot(args) -> None:
     plot_training_curves(args.log, args.out, title=args.title)
 
 
+def _add_align(sub) -> None:
+    p = sub.add_parser("align", help="expert alignments: forced alignment of the cuts under a CTC model")
+    p.add_argument("--model", type=Path, required=True, help="packaged CTC model.pt")
+    p.add_argument("--cuts", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="cuts manifest with alignments (.jsonl.gz)")
+    p.add_argument("--max-duration", type=float, default=200.0, help="seconds of audio per batch")
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=_run_align)
+
+
+def _run_align(args) -> None:
+    import torch
+
+    from imputer_asr.checkpoint import load_packaged
+    from imputer_asr.imputer_train import align_cuts
+
+    torch.set_num_threads(args.threads)
+    packaged = load_packaged(args.model)
+    cuts = align_cuts(
+        packaged.model, _load_cuts(args.cuts), packaged.tokenizer, max_duration=args.max_duration
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(f".tmp-{args.out.name}")  # keeps the extension lhotse reads the format from
+    cuts.to_file(tmp)
+    tmp.replace(args.out)
+    log.info("wrote %s", args.out)
+
+
+def _add_train_imputer(sub) -> None:
+    p = sub.add_parser("train-imputer", help="train the Imputer (imputer section of the config)")
+    p.add_argument("--config", type=Path, required=True, help="JSON experiment config")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    p.add_argument("--exp-dir", type=Path, required=True)
+    p.add_argument("--train-cuts", type=Path, required=True, help="cuts with alignments (align stage)")
+    p.add_argument("--dev-cuts", type=Path, required=True)
+    p.add_argument("--bpe", type=Path, required=True)
+    p.add_argument("--init-from", type=Path, default=None, help="packaged CTC model.pt to start from")
+    p.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint")
+    p.set_defaults(func=_run_train_imputer)
+
+
+def _init_weights(path: Path, model_cfg):
+    """Weights of a packaged model whose model config matches ``model_cfg`` (dropout may differ:
+    it changes training, not the function the weights compute)."""
+    from imputer_asr.checkpoint import load_packaged
+
+    packaged = load_packaged(path)
+    theirs = dataclasses.replace(packaged.config.model, dropout=model_cfg.dropout)
+    if theirs != model_cfg:
+        differ = [
+            f"{f.name} {getattr(theirs, f.name)} vs {getattr(model_cfg, f.name)}"
+            for f in dataclasses.fields(model_cfg)
+            if getattr(theirs, f.name) != getattr(model_cfg, f.name)
+        ]
+        raise ValueError(f"{path}: model config differs from the Imputer's: {', '.join(differ)}")
+    return packaged.model.state_dict()
+
+
+def _run_train_imputer(args) -> None:
+    from imputer_asr.imputer_train import check_cut_alignments, imputer_objective
+    from imputer_asr.tokenizer import Tokenizer
+    from imputer_asr.train import fit
+
+    tokenizer = Tokenizer.from_file(args.bpe)
+    cfg = _resolved_config(args, tokenizer)
+    train_cuts = _load_cuts(args.train_cuts)
+    if not cfg.imputer.learner_rollin:
+        check_cut_alignments(train_cuts)
+    init = _init_weights(args.init_from, cfg.model) if args.init_from is not None else None
+    objective = imputer_objective(cfg.imputer.block_size, cfg.imputer.ctc_weight, cfg.imputer.learner_rollin)
+    fit(
+        cfg,
+        args.exp_dir,
+        train_cuts,
+        _load_cuts(args.dev_cuts),
+        tokenizer,
+        objective=objective,
+        init_weights=init,
+        resume=args.resume,
+    )
+
+
+def _add_decode_imputer(sub) -> None:
+    p = sub.add_parser("decode-imputer", help="K-step (or adaptive) Imputer decoding of a cuts manifest")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--cuts", type=Path, required=True)
+    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--name", required=True, help="e.g. test-k8; names the output files")
+    p.add_argument("--steps", type=int, default=None, help="K (the cap with --adaptive); default: B")
+    p.add_argument(
+        "--adaptive",
+        type=float,
+        default=None,
+        metavar="THRESHOLD",
+        help="fix every frame more probable than THRESHOLD, stop when all are fixed",
+    )
+    p.add_argument("--block-size", type=int, default=None, help="B; default: the model's imputer config")
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=_run_decode_imputer)
+
+
+def _run_decode_imputer(args) -> None:
+    import torch
+
+    from imputer_asr.checkpoint import load_packaged
+    from imputer_asr.imputer_decode import decode_cuts_imputer
+
+    torch.set_num_threads(args.threads)
+    packaged = load_packaged(args.model)
+    block_size = args.block_size or packaged.config.imputer.block_size
+    steps = args.steps or block_size
+    run = decode_cuts_imputer(
+        packaged.model,
+        packaged.tokenizer,
+        _load_cuts(args.cuts),
+        steps=steps,
+        block_size=block_size,
+        threshold=args.adaptive,
+    )
+    audio = sum(h.duration for h in run.hyps)
+    timing = {
+        "utterances": len(run.hyps),
+        "audio_seconds": audio,
+        "decode_seconds": run.seconds,
+        "rtf": run.seconds / max(audio, 1e-9),
+        "threads": args.threads,
+        "block_size": block_size,
+        "steps": steps,
+        "adaptive_threshold": args.adaptive,
+        "evaluations": run.evaluations,
+        "batches": run.batches,
+        "evaluations_per_batch": run.evaluations / max(run.batches, 1),
+    }
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / f"timing-{args.name}.json").write_text(json.dumps(timing, indent=2) + "\n")
+    out = args.out_dir / f"hyps-{args.name}.jsonl"  # written last: the stage's target
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(dataclasses.asdict(h)) + "\n" for h in run.hyps))
+    tmp.replace(out)
+    log.info(
+        "decoded %d utterances (%.0f s of audio) in %.1f s, RTF %.4f, %d evaluations in %d batches",
+        len(run.hyps),
+        audio,
+        run.seconds,
+        timing["rtf"],
+        run.evaluations,
+        run.batches,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imputer-asr", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -289,6 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
         _add_decode,
         _add_score,
         _add_plot,
+        _add_align,
+        _add_train_imputer,
+        _add_decode_imputer,
     ):
         add(sub)
     return parser

@@ -3,7 +3,9 @@
 A batch is a dict:
     features (N, T, F) float, feature_lengths (N,) long, targets (N, S) long (padded with blank),
     target_lengths (N,) long, texts list[str], cut_ids list[str], durations list[float],
-    and, when the cuts carry an alignment (Imputer training), alignments (N, T') long padded with -1.
+    and, when every cut carries an alignment (Imputer training, ``cut.custom["alignment"]``: a list of
+    ints written by the align stage, or a lhotse array), alignments (N, T') long padded with -1 and
+    alignment_lengths (N,) long.
 
 >>> # loader = make_loader(cuts, tokenizer, DataConfig(), train=True)
 """
@@ -60,9 +62,18 @@ class AsrDataset(Dataset):
             "durations": [c.duration for c in cuts],
         }
         if all(c.has_custom(ALIGNMENT_FIELD) for c in cuts):
-            aligns = [np.asarray(c.load_custom(ALIGNMENT_FIELD)) for c in cuts]
-            batch["alignments"], _ = pad_sequences([a.tolist() for a in aligns], -1)
+            aligns = [_load_alignment(c) for c in cuts]
+            batch["alignments"], batch["alignment_lengths"] = pad_sequences(aligns, -1)
         return batch
+
+
+def _load_alignment(cut) -> list[int]:
+    """A cut's stored alignment: a list of ints in the manifest (what ``align`` writes), or a
+    lhotse Array/TemporalArray manifest."""
+    value = cut.custom[ALIGNMENT_FIELD]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return np.asarray(cut.load_custom(ALIGNMENT_FIELD)).astype(np.int64).tolist()
 
 
 def make_sampler(

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 import zlib
-from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 

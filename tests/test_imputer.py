@@ -1,0 +1,409 @@
+"""Imputer decoding, objective and expert alignments: exact step counts, schedules and oracles.
+
+Oracles: counting wrappers for network evaluations; CTC greedy for K = 1; a network whose output is
+a fixed, known distribution (so the fixing order must follow its confidences); each utterance
+decoded alone; the CTC loss for a fully masked objective; collapse of stored alignments back to the
+transcripts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from lhotse import CutSet
+from lhotse.utils import fastcopy
+
+import imputer_asr.imputer_train as imputer_train
+from imputer_asr.alignment import collapse
+from imputer_asr.checkpoint import load_packaged, package_model
+from imputer_asr.cli import main
+from imputer_asr.config import (
+    DataConfig,
+    ExperimentConfig,
+    ImputerConfig,
+    ModelConfig,
+    TrainConfig,
+    save_config,
+)
+from imputer_asr.dataset import AsrDataset
+from imputer_asr.decode import ctc_greedy_search
+from imputer_asr.imputer_decode import decode_imputer, decode_imputer_adaptive
+from imputer_asr.imputer_train import align_cuts, imputer_objective, learner_alignment
+from imputer_asr.model import ImputerModel, subsampled_lengths
+from imputer_asr.train import ctc_objective
+
+VOCAB = 7
+
+
+def _model(inject_layer: int = 0, num_layers: int = 2, seed: int = 0, vocab: int = VOCAB) -> ImputerModel:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(
+        vocab_size=vocab,
+        mask_id=vocab,
+        d_model=32,
+        num_heads=2,
+        ff_dim=64,
+        num_layers=num_layers,
+        inject_layer=inject_layer,
+    )
+    return ImputerModel(cfg).eval()
+
+
+def _ragged_batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three utterances of 24, 14 and 7 encoder frames: full blocks, a partial one, padding."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(3, 100, 80, generator=g), torch.tensor([100, 60, 31])
+
+
+def _expected_counts(length: int, steps: int) -> list[int]:
+    """Frames fixed at each step in a block of ``length`` masked frames: ceil(r / s)."""
+    counts, remaining = [], length
+    for steps_left in range(steps, 0, -1):
+        counts.append(-(-remaining // steps_left))
+        remaining -= counts[-1]
+    return counts
+
+
+class _Counter:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def hook(self, *args) -> None:
+        self.calls += 1
+
+
+@pytest.mark.parametrize("inject_layer", [0, 2])
+def test_exactly_k_evaluations_and_acoustic_encoder_once(monkeypatch, inject_layer):
+    model = _model(inject_layer=inject_layer, num_layers=3)
+    features, lengths = _ragged_batch()
+    encode, impute = _Counter(), _Counter()
+    blocks = [_Counter() for _ in model.blocks]
+    for counter, block in zip(blocks, model.blocks, strict=True):
+        block.register_forward_pre_hook(counter.hook)
+    real_encode, real_impute = model.encode_acoustic, model.impute
+    monkeypatch.setattr(model, "encode_acoustic", lambda *a: (encode.hook(), real_encode(*a))[1])
+    monkeypatch.setattr(model, "impute", lambda *a: (impute.hook(), real_impute(*a))[1])
+    for steps in (1, 2, 4, 8):
+        encode.calls = impute.calls = 0
+        for counter in blocks:
+            counter.calls = 0
+        result = decode_imputer(model, features, lengths, steps, block_size=8)
+        assert result.evaluations == steps == impute.calls
+        assert encode.calls == 1
+        assert [c.calls for c in blocks] == [1] * inject_layer + [steps] * (3 - inject_layer)
+
+
+def test_one_step_is_ctc_greedy():
+    model = _model()
+    features, lengths = _ragged_batch(seed=3)
+    log_probs, out_lengths = model(features, lengths)
+    result = decode_imputer(model, features, lengths, steps=1)
+    assert result.tokens == ctc_greedy_search(log_probs, out_lengths, blank=0)
+    assert torch.equal(result.lengths, out_lengths)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 8])
+def test_every_valid_frame_fixed_on_schedule(steps):
+    model = _model(inject_layer=1)
+    features, lengths = _ragged_batch(seed=1)
+    result = decode_imputer(model, features, lengths, steps, block_size=8)
+    n, t = result.alignment.shape
+    valid = torch.arange(t) < result.lengths.unsqueeze(1)
+    assert bool((result.history[valid] >= 1).all() and (result.history[valid] <= steps).all())
+    assert bool((result.history[~valid] == -1).all() and (result.alignment[~valid] == -1).all())
+    assert bool((result.alignment[valid] >= 0).all() and (result.alignment[valid] < VOCAB).all())
+    for i in range(n):
+        length = int(result.lengths[i])
+        for start in range(0, length, 8):
+            block = result.history[i, start : min(start + 8, length)]
+            got = [int((block == s).sum()) for s in range(1, steps + 1)]
+            assert got == _expected_counts(len(block), steps), (i, start)
+
+
+def _fixed_network(monkeypatch, model: ImputerModel, log_probs: torch.Tensor) -> _Counter:
+    """Make ``model.impute`` return ``log_probs`` whatever the alignment it is shown."""
+    counter = _Counter()
+
+    def impute(hidden, lengths, tokens):
+        counter.hook()
+        return log_probs[:, : hidden.size(1)]
+
+    monkeypatch.setattr(model, "impute", impute)
+    return counter
+
+
+def _peaked(confidence: torch.Tensor, best: torch.Tensor, vocab: int = VOCAB) -> torch.Tensor:
+    """Log-distributions with max-probability ``confidence`` (N, T) on token ``best`` (N, T)."""
+    rest = (1 - confidence) / (vocab - 1)
+    probs = rest.unsqueeze(-1).expand(*confidence.shape, vocab).clone()
+    probs.scatter_(-1, best.unsqueeze(-1), confidence.unsqueeze(-1))
+    return probs.log()
+
+
+def test_fixing_order_follows_confidence(monkeypatch):
+    model = _model()
+    features, lengths = _ragged_batch()
+    g = torch.Generator().manual_seed(5)
+    confidence = 0.3 + 0.6 * torch.rand(3, 24, generator=g)  # distinct, all above 1/VOCAB
+    best = torch.randint(VOCAB, (3, 24), generator=g)
+    _fixed_network(monkeypatch, model, _peaked(confidence, best))
+    result = decode_imputer(model, features, lengths, steps=8, block_size=8)
+    for i in range(3):
+        length = int(result.lengths[i])
+        assert result.alignment[i, :length].tolist() == best[i, :length].tolist()
+        for start in range(0, length, 8):
+            stop = min(start + 8, length)
+            by_confidence = confidence[i, start:stop].argsort(descending=True)
+            assert result.history[i, start:stop][by_confidence].tolist() == list(range(1, stop - start + 1))
+
+
+def test_batching_invariance():
+    model = _model(inject_layer=1, seed=2).double()
+    features, lengths = _ragged_batch(seed=2)
+    features = features.double()
+    for decode in (
+        lambda f, n: decode_imputer(model, f, n, steps=4),
+        lambda f, n: decode_imputer_adaptive(model, f, n, threshold=0.3, max_steps=4),
+    ):
+        batch = decode(features, lengths)
+        for i in range(3):
+            alone = decode(features[i : i + 1, : int(lengths[i])], lengths[i : i + 1])
+            t = alone.alignment.size(1)
+            assert alone.tokens[0] == batch.tokens[i]
+            assert torch.equal(alone.alignment[0], batch.alignment[i, :t])
+            assert torch.equal(alone.history[0], batch.history[i, :t])
+
+
+def test_adaptive_stops_early_when_confident(monkeypatch):
+    model = _model()
+    features, lengths = _ragged_batch()
+    best = torch.randint(VOCAB, (3, 24), generator=torch.Generator().manual_seed(0))
+    counter = _fixed_network(monkeypatch, model, _peaked(torch.full((3, 24), 0.95), best))
+    result = decode_imputer_adaptive(model, features, lengths, threshold=0.9)
+    assert result.evaluations == counter.calls == 1
+    valid = result.history >= 0
+    assert torch.equal(result.alignment[valid], best[valid])
+
+
+def test_adaptive_fixes_at_least_one_per_block_per_step(monkeypatch):
+    model = _model()
+    features, lengths = _ragged_batch()
+    g = torch.Generator().manual_seed(1)
+    confidence = 0.2 + 0.2 * torch.rand(3, 24, generator=g)
+    confidence[:, ::5] = 0.95  # a few confident frames: fixed in the first step
+    counter = _fixed_network(monkeypatch, model, _peaked(confidence, torch.zeros(3, 24, dtype=torch.long)))
+    result = decode_imputer_adaptive(model, features, lengths, threshold=0.9, block_size=8)
+    assert result.evaluations == counter.calls <= 8
+    for i in range(3):
+        length = int(result.lengths[i])
+        confident = confidence[i, :length] > 0.9
+        assert bool((result.history[i, :length][confident] == 1).all())
+        for start in range(0, length, 8):
+            block = result.history[i, start : min(start + 8, length)]
+            last = int(block.max())
+            assert all(int((block == s).sum()) >= 1 for s in range(1, last + 1))
+    # The threshold 1 leaves only the schedule: one frame per full block per step, B steps.
+    result = decode_imputer_adaptive(model, features, lengths, threshold=1.0, block_size=8)
+    assert result.evaluations == 8
+    assert sorted(result.history[0, :8].tolist()) == list(range(1, 9))
+
+
+def test_decoders_reject_bad_arguments():
+    model = _model()
+    features, lengths = _ragged_batch()
+    with pytest.raises(ValueError, match="steps"):
+        decode_imputer(model, features, lengths, steps=9, block_size=8)
+    with pytest.raises(ValueError, match="steps"):
+        decode_imputer(model, features, lengths, steps=0)
+    with pytest.raises(ValueError, match="threshold"):
+        decode_imputer_adaptive(model, features, lengths, threshold=1.5)
+
+
+def _aligned_batch(model: ImputerModel, seed: int = 0) -> dict:
+    """A ragged batch with random targets and their forced alignments under ``model``."""
+    features, feature_lengths = _ragged_batch(seed)
+    g = torch.Generator().manual_seed(seed)
+    targets = torch.randint(1, VOCAB, (3, 5), generator=g)
+    target_lengths = torch.tensor([5, 4, 3])
+    alignment = learner_alignment(model, features, feature_lengths, targets, target_lengths)
+    return {
+        "features": features,
+        "feature_lengths": feature_lengths,
+        "targets": targets,
+        "target_lengths": target_lengths,
+        "alignments": alignment,
+        "alignment_lengths": (alignment >= 0).sum(dim=1),
+        "cut_ids": ["a", "b", "c"],
+    }
+
+
+def test_objective_fully_masked_is_ctc():
+    """block_size 1 masks k = B = 1 frame per block: every frame, so the loss is CTC's."""
+    model = _model(inject_layer=1)
+    batch = _aligned_batch(model)
+    loss, tokens = imputer_objective(block_size=1)(model, batch)
+    want, want_tokens = ctc_objective(model, batch)
+    assert tokens == want_tokens == 12
+    torch.testing.assert_close(loss, want)
+    loss, _ = imputer_objective(block_size=1, ctc_weight=0.5)(model, batch)
+    torch.testing.assert_close(loss, 1.5 * want)
+
+
+def test_objective_observed_frames_get_no_gradient(monkeypatch):
+    model = _model(inject_layer=1)
+    batch = _aligned_batch(model, seed=1)
+    seen = {}
+    real_mask, real_impute = imputer_train.block_mask, model.impute
+
+    def block_mask(*args, **kwargs):
+        seen["tokens_in"], seen["observed"] = real_mask(*args, **kwargs)
+        return seen["tokens_in"], seen["observed"]
+
+    def impute(*args):
+        seen["log_probs"] = real_impute(*args)
+        seen["log_probs"].retain_grad()
+        return seen["log_probs"]
+
+    monkeypatch.setattr(imputer_train, "block_mask", block_mask)
+    monkeypatch.setattr(model, "impute", impute)
+    generator = torch.Generator().manual_seed(0)
+    loss, _ = imputer_objective(block_size=8, generator=generator)(model, batch)
+    loss.backward()
+    grad, observed = seen["log_probs"].grad, seen["observed"]
+    assert bool((observed >= 0).any()) and bool((observed == -1).any())
+    assert bool((grad[observed >= 0] == 0).all())
+    assert bool((grad[observed == -1].abs().sum(-1) > 0).any())
+    shown = observed >= 0  # the network is shown exactly the observed tokens, [MASK] elsewhere
+    assert torch.equal(seen["tokens_in"][shown], observed[shown])
+    assert bool((seen["tokens_in"][~shown] == model.cfg.mask_id).all())
+    assert torch.isfinite(loss) and loss > 0
+
+
+def test_objective_learner_rollin_and_length_check():
+    model = _model(inject_layer=1).train()
+    batch = _aligned_batch(model)
+    del batch["alignments"], batch["alignment_lengths"]
+    loss, _ = imputer_objective(learner_rollin=True)(model, batch)
+    assert model.training and torch.isfinite(loss)
+    loss.backward()
+    rollin = learner_alignment(
+        model, batch["features"], batch["feature_lengths"], batch["targets"], batch["target_lengths"]
+    )
+    assert model.training
+    for row, target, n in zip(rollin, batch["targets"], batch["target_lengths"], strict=True):
+        assert collapse(row) == target[:n].tolist()
+    bad = _aligned_batch(model)
+    bad["alignment_lengths"] = bad["alignment_lengths"] + torch.tensor([0, 1, 0])
+    with pytest.raises(ValueError, match="b .15 vs 14"):
+        imputer_objective()(model, bad)
+
+
+@pytest.fixture(scope="module")
+def aligned(tiny_corpus):
+    tok = tiny_corpus.tokenizer
+    model = _model(vocab=tok.vocab_size)
+    cuts = CutSet.from_file(tiny_corpus.fbank_cuts("train")).to_eager()
+    return model, cuts, align_cuts(model, cuts, tok)
+
+
+def test_align_cuts_collapse_to_transcripts(tiny_corpus, aligned, tmp_path):
+    tok = tiny_corpus.tokenizer
+    _, cuts, out = aligned
+    assert [c.id for c in out] == [c.id for c in cuts]
+    path = tmp_path / "aligned.jsonl.gz"
+    out.to_file(path)
+    reread = CutSet.from_file(path).to_eager()
+    for cut in reread:
+        alignment = cut.custom["alignment"]
+        assert len(alignment) == int(subsampled_lengths(torch.tensor(cut.num_frames)))
+        text = " ".join(s.text for s in cut.supervisions)
+        assert collapse(torch.tensor(alignment)) == tok.encode(text)
+    batch = AsrDataset(tok)[reread.subset(first=4)]
+    assert batch["alignments"].shape[0] == 4
+    assert batch["alignment_lengths"].tolist() == (batch["alignments"] >= 0).sum(1).tolist()
+
+
+def test_align_cuts_drops_unalignable(tiny_corpus, aligned):
+    model, cuts, _ = aligned
+    first = cuts[0]
+    long_text = " ".join(["hello world"] * 200)
+    sups = [dataclasses.replace(first.supervisions[0], text=long_text)]
+    changed = CutSet.from_cuts([fastcopy(first, supervisions=sups)] + list(cuts)[1:3])
+    out = align_cuts(model, changed, tiny_corpus.tokenizer)
+    assert [c.id for c in out] == [c.id for c in list(cuts)[1:3]]
+
+
+def test_cli_align_train_decode(tiny_corpus, tmp_path):
+    """The three new stages end to end on the tiny corpus, with a throwaway (untrained) CTC model."""
+    tok = tiny_corpus.tokenizer
+    model_cfg = dataclasses.replace(_model(vocab=tok.vocab_size).cfg, blank_id=tok.blank_id)
+    cfg = ExperimentConfig(
+        model=model_cfg,
+        data=DataConfig(max_duration=30.0, num_workers=0),
+        train=TrainConfig(epochs=1, warmup_steps=1, num_threads=1),
+        imputer=ImputerConfig(block_size=4, ctc_weight=0.1),
+    )
+    ctc = tmp_path / "ctc.pt"
+    package_model(ImputerModel(model_cfg).state_dict(), cfg, tok, ctc)
+    bpe = tmp_path / "bpe.model"
+    bpe.write_bytes(tok.model_proto)
+    conf = tmp_path / "imputer.json"
+    save_config(cfg, conf)
+    aligned_cuts = tmp_path / "aligned.jsonl.gz"
+    assert (
+        main(
+            [
+                "align",
+                "--model",
+                str(ctc),
+                "--cuts",
+                str(tiny_corpus.fbank_cuts("train")),
+                "--out",
+                str(aligned_cuts),
+            ]
+        )
+        == 0
+    )
+    exp = tmp_path / "imputer"
+    common = [
+        "--config",
+        str(conf),
+        "--exp-dir",
+        str(exp),
+        "--bpe",
+        str(bpe),
+        "--train-cuts",
+        str(aligned_cuts),
+    ]
+    dev = ["--dev-cuts", str(tiny_corpus.fbank_cuts("dev"))]
+    bad = ["--set", "model.d_model=16", "--set", "model.num_heads=1"]
+    assert main(["train-imputer", *common, *dev, *bad, "--init-from", str(ctc)]) == 1  # config mismatch
+    assert main(["train-imputer", *common, *dev, "--init-from", str(ctc)]) == 0
+    model_pt = exp / "model.pt"
+    assert main(["package", "--exp-dir", str(exp), "--bpe", str(bpe), "--out", str(model_pt)]) == 0
+    assert load_packaged(model_pt).config.imputer.block_size == 4
+    test_cuts = str(tiny_corpus.fbank_cuts("test"))
+    for name, extra in (("k2", ["--steps", "2"]), ("adaptive", ["--adaptive", "0.9"])):
+        args = [
+            "decode-imputer",
+            "--model",
+            str(model_pt),
+            "--cuts",
+            test_cuts,
+            "--out-dir",
+            str(exp),
+            "--name",
+            name,
+        ]
+        assert main(args + extra) == 0
+        hyps = (exp / f"hyps-{name}.jsonl").read_text().splitlines()
+        assert len(hyps) == len(CutSet.from_file(test_cuts))
+        timing = json.loads((exp / f"timing-{name}.json").read_text())
+        assert timing["block_size"] == 4 and timing["utterances"] == len(hyps)
+        if name == "k2":
+            assert timing["steps"] == 2 and timing["evaluations"] == 2 * timing["batches"]
+        else:
+            assert timing["adaptive_threshold"] == 0.9 and timing["evaluations"] <= 4 * timing["batches"]
