@@ -123,6 +123,7 @@ def _add_train(sub) -> None:
     p.add_argument("--dev-cuts", type=Path, required=True)
     p.add_argument("--bpe", type=Path, required=True)
     p.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint")
+    p.add_argument("--init-from", type=Path, default=None, help="start from a packaged model's weights")
     p.set_defaults(func=_run_train)
 
 
@@ -154,12 +155,14 @@ def _run_train(args) -> None:
 
     tokenizer = Tokenizer.from_file(args.bpe)
     cfg = _resolved_config(args, tokenizer)
+    init = _init_weights(args.init_from, cfg.model) if args.init_from is not None else None
     fit(
         cfg,
         args.exp_dir,
         _load_cuts(args.train_cuts),
         _load_cuts(args.dev_cuts),
         tokenizer,
+        init_weights=init,
         resume=args.resume,
     )
 
@@ -329,11 +332,12 @@ def _init_weights(path: Path, model_cfg):
             for f in dataclasses.fields(model_cfg)
             if getattr(theirs, f.name) != getattr(model_cfg, f.name)
         ]
-        raise ValueError(f"{path}: model config differs from the Imputer's: {', '.join(differ)}")
+        raise ValueError(f"{path}: model config differs from this experiment's: {', '.join(differ)}")
     return packaged.model.state_dict()
 
 
 def _run_train_imputer(args) -> None:
+    from imputer_asr.imputer_decode import decode_cuts_imputer
     from imputer_asr.imputer_train import check_cut_alignments, imputer_objective
     from imputer_asr.tokenizer import Tokenizer
     from imputer_asr.train import fit
@@ -345,6 +349,11 @@ def _run_train_imputer(args) -> None:
         check_cut_alignments(train_cuts)
     init = _init_weights(args.init_from, cfg.model) if args.init_from is not None else None
     objective = imputer_objective(cfg.imputer.block_size, cfg.imputer.ctc_weight, cfg.imputer.learner_rollin)
+    block = cfg.imputer.block_size
+
+    def decoder(model, tok, cuts):  # dev WER of K = B block decoding, as reported
+        return decode_cuts_imputer(model, tok, cuts, steps=block, block_size=block).hyps
+
     fit(
         cfg,
         args.exp_dir,
@@ -354,6 +363,7 @@ def _run_train_imputer(args) -> None:
         objective=objective,
         init_weights=init,
         resume=args.resume,
+        decoder=decoder,
     )
 
 
@@ -425,6 +435,73 @@ def _run_decode_imputer(args) -> None:
     )
 
 
+def _parse_exp(value: str) -> tuple[str, Path]:
+    name, sep, path = value.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=DIR, got {value!r}")
+    return name, Path(path)
+
+
+def _add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="table and plot of WER and decoding cost of several experiments")
+    p.add_argument(
+        "--exp",
+        type=_parse_exp,
+        action="append",
+        required=True,
+        metavar="NAME=DIR",
+        help="a system and its experiment dir (repeat); a dir that does not exist is skipped with a note",
+    )
+    p.add_argument("--part", default="test")
+    p.add_argument("--out-md", type=Path, required=True)
+    p.add_argument("--out-png", type=Path, required=True)
+    p.set_defaults(func=_run_compare)
+
+
+def _run_compare(args) -> None:
+    from imputer_asr.report import collect_results, plot_wer_vs_steps, write_markdown_report
+
+    exp_dirs: dict[str, Path] = {}
+    for name, path in args.exp:
+        if name in exp_dirs:
+            raise ValueError(f"system {name!r} given twice")
+        if path.is_dir():
+            exp_dirs[name] = path
+        else:
+            print(f"imputer-asr compare: note: skipping {name}: {path} does not exist", file=sys.stderr)
+    if not exp_dirs:
+        raise ValueError("no experiment directory to compare")
+    rows = collect_results(exp_dirs, args.part)
+    text = write_markdown_report(rows, args.out_md, title=f"{args.part}: WER and decoding cost")
+    plot_wer_vs_steps(rows, args.out_png, title=f"{args.part}: " + " vs ".join(exp_dirs))
+    print(text, end="")
+    log.info("wrote %s and %s", args.out_md, args.out_png)
+
+
+def _add_show_imputation(sub) -> None:
+    p = sub.add_parser("show-imputation", help="PNG of one utterance's alignment imputed step by step")
+    p.add_argument("--model", type=Path, required=True, help="packaged Imputer model.pt")
+    p.add_argument("--cuts", type=Path, required=True, help="cuts manifest with features")
+    p.add_argument("--cut-id", default=None, help="default: the first cut of the manifest")
+    p.add_argument("--steps", type=int, default=None, help="K; default: the model's block size B")
+    p.add_argument("--max-frames", type=int, default=120, help="draw at most this many encoder frames")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=_run_show_imputation)
+
+
+def _run_show_imputation(args) -> None:
+    import torch
+
+    from imputer_asr.report import show_imputation
+
+    torch.set_num_threads(args.threads)
+    result = show_imputation(
+        args.model, args.cuts, args.cut_id, args.steps, args.out, max_frames=args.max_frames
+    )
+    log.info("wrote %s (%d encoder frames, %d steps)", args.out, int(result.lengths[0]), result.evaluations)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imputer-asr", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -442,6 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_align,
         _add_train_imputer,
         _add_decode_imputer,
+        _add_compare,
+        _add_show_imputation,
     ):
         add(sub)
     return parser

@@ -187,6 +187,10 @@ class ImputerModel(nn.Module):
         if not 0 <= cfg.inject_layer < cfg.num_layers:
             raise ValueError(f"inject_layer must be in [0, {cfg.num_layers}), got {cfg.inject_layer}")
         self.cfg = cfg
+        # Global feature normalisation (CMVN), set from training data by ``set_feature_stats``;
+        # buffers, so they travel inside every checkpoint and packaged model.
+        self.register_buffer("feature_mean", torch.zeros(cfg.input_dim))
+        self.register_buffer("feature_std", torch.ones(cfg.input_dim))
         self.subsampling = _ConvSubsampling(cfg.input_dim, cfg.subsampling_channels, cfg.d_model, cfg.dropout)
         self.align_embed = nn.Embedding(cfg.vocab_size + 1, cfg.d_model)
         nn.init.normal_(self.align_embed.weight, std=1.0 / math.sqrt(cfg.d_model))
@@ -209,6 +213,7 @@ class ImputerModel(nn.Module):
             raise ValueError(f"lengths must be ({features.size(0)},), got {tuple(feature_lengths.shape)}")
         if (feature_lengths < 7).any() or (feature_lengths > features.size(1)).any():
             raise ValueError(f"lengths must be in [7, {features.size(1)}], got {feature_lengths.tolist()}")
+        features = (features - self.feature_mean) / self.feature_std
         x, lengths = self.subsampling(features, feature_lengths)
         bottom = self.blocks[: self.cfg.inject_layer]
         return self._run_blocks(x, lengths, bottom) if len(bottom) else x, lengths
@@ -236,6 +241,14 @@ class ImputerModel(nn.Module):
         elif tokens.shape != hidden.shape[:2]:
             raise ValueError(f"tokens must be {tuple(hidden.shape[:2])}, got {tuple(tokens.shape)}")
         return self.impute(hidden, lengths, tokens), lengths
+
+    @torch.no_grad()
+    def set_feature_stats(self, mean: Tensor, std: Tensor) -> None:
+        """Per-dimension mean and standard deviation of the training features (CMVN)."""
+        if mean.shape != (self.cfg.input_dim,) or std.shape != (self.cfg.input_dim,):
+            raise ValueError(f"feature stats must be ({self.cfg.input_dim},)")
+        self.feature_mean.copy_(mean)
+        self.feature_std.copy_(std.clamp_min(1e-3))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

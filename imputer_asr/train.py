@@ -27,7 +27,7 @@ from tqdm import tqdm
 from imputer_asr.checkpoint import atomic_save, epoch_checkpoints, load_file
 from imputer_asr.config import ExperimentConfig, TrainConfig, config_to_dict, save_config
 from imputer_asr.dataset import make_loader, make_sampler
-from imputer_asr.decode import decode_cuts
+from imputer_asr.decode import Hypothesis, decode_cuts
 from imputer_asr.losses import ctc_loss
 from imputer_asr.model import ImputerModel
 from imputer_asr.scoring import score
@@ -141,11 +141,23 @@ def train_one_epoch(
     bar.close()
 
 
+Decoder = Callable[[ImputerModel, Tokenizer, CutSet], list[Hypothesis]]
+"""(model, tokenizer, cuts) -> hypotheses, used for the dev WER during training."""
+
+
+def ctc_greedy_decoder(model: ImputerModel, tokenizer: Tokenizer, cuts: CutSet) -> list[Hypothesis]:
+    return decode_cuts(model, tokenizer, cuts)[0]
+
+
 @torch.inference_mode()
 def validate(
-    model: ImputerModel, tokenizer: Tokenizer, cuts: CutSet, objective: Objective
+    model: ImputerModel,
+    tokenizer: Tokenizer,
+    cuts: CutSet,
+    objective: Objective,
+    decoder: Decoder = ctc_greedy_decoder,
 ) -> dict[str, float]:
-    """Dev loss per token and greedy-CTC WER/CER (fractions)."""
+    """Dev loss per token and the decoder's WER/CER (fractions)."""
     model.eval()
     total, tokens = 0.0, 0
     from imputer_asr.config import DataConfig
@@ -153,9 +165,28 @@ def validate(
     for batch in make_loader(cuts, tokenizer, DataConfig(max_duration=200.0), train=False):
         loss_sum, num_tokens = objective(model, batch)
         total, tokens = total + float(loss_sum), tokens + num_tokens
-    hyps, _ = decode_cuts(model, tokenizer, cuts)
+    hyps = decoder(model, tokenizer, cuts)
     report = score([(h.cut_id, h.ref, h.hyp) for h in hyps])
     return {"loss": total / max(tokens, 1), "wer": report.wer, "cer": report.cer}
+
+
+def feature_stats(cuts: CutSet, max_cuts: int = 500) -> tuple[Tensor, Tensor]:
+    """Mean and standard deviation per feature dimension over (up to) ``max_cuts`` cuts spread evenly
+    through ``cuts``."""
+    total, total_sq, frames = None, None, 0
+    stride = max(1, len(cuts) // max_cuts)
+    for i, cut in enumerate(cuts):
+        if i % stride:
+            continue
+        feats = torch.from_numpy(cut.load_features()).double()
+        total = feats.sum(0) if total is None else total + feats.sum(0)
+        total_sq = (feats**2).sum(0) if total_sq is None else total_sq + (feats**2).sum(0)
+        frames += feats.size(0)
+    if not frames:
+        raise ValueError("no training features to compute normalisation statistics from")
+    mean = total / frames
+    std = (total_sq / frames - mean**2).clamp_min(0).sqrt()
+    return mean.float(), std.float()
 
 
 def _seed_everything(seed: int) -> None:
@@ -192,6 +223,7 @@ def fit(
     objective: Objective = ctc_objective,
     init_weights: dict[str, Tensor] | None = None,
     resume: bool = True,
+    decoder: Decoder = ctc_greedy_decoder,
 ) -> ImputerModel:
     """Train, validate and checkpoint every epoch; returns the trained model."""
     exp_dir = Path(exp_dir)
@@ -202,6 +234,8 @@ def fit(
     model = ImputerModel(cfg.model)
     if init_weights is not None:
         model.load_state_dict(init_weights)
+    else:
+        model.set_feature_stats(*feature_stats(train_cuts))
     log.info("model: %.2fM parameters", model.num_parameters() / 1e6)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=cfg.train.peak_lr, weight_decay=cfg.train.weight_decay
@@ -226,7 +260,7 @@ def fit(
         )
 
         def validate_now() -> dict[str, float]:
-            metrics = validate(model, tokenizer, dev_cuts, objective)
+            metrics = validate(model, tokenizer, dev_cuts, objective, decoder)
             record = {"kind": "valid", "epoch": clock.epoch, "step": clock.step}
             json_log.write({**record, "wall_time": round(clock.wall_time, 2), **metrics})
             return metrics
