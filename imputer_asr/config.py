@@ -84,7 +84,13 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation: AdamW, linear warm-up then cosine decay, gradient clipping."""
+    """Optimisation: AdamW, linear warm-up then cosine decay, gradient clipping.
+
+    ``steps_per_epoch`` > 0 ends an epoch after that many updates (ESPnet's ``num_iters_per_epoch``):
+    checkpoints, validation and the schedule then follow a fixed budget of updates whatever the
+    corpus size; each epoch draws a fresh shuffle. ``valid_every`` > 0 adds a dev evaluation every
+    that many updates (for the curve of WER against training time).
+    """
 
     epochs: int = 10
     peak_lr: float = 2e-3
@@ -96,6 +102,7 @@ class TrainConfig:
     num_threads: int = 2
     log_every: int = 20
     valid_every: int = 0
+    steps_per_epoch: int = 0
     average_last: int = 3
     sort_first_epoch: bool = True
 

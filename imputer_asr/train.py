@@ -103,7 +103,11 @@ def train_one_epoch(
     window_loss, window_tokens = 0.0, 0
     bar = tqdm(loader, desc=f"epoch {clock.epoch}", unit="batch", dynamic_ncols=True, leave=False)
     start = time.perf_counter()
+    steps_done = 0
     for batch in bar:
+        if cfg.steps_per_epoch and steps_done >= cfg.steps_per_epoch:
+            break
+        steps_done += 1
         lr = lr_at(clock.step, total_steps, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -196,7 +200,9 @@ def _seed_everything(seed: int) -> None:
 
 
 def _count_batches(cuts: CutSet, cfg: ExperimentConfig) -> int:
-    return sum(1 for _ in make_sampler(cuts, cfg.data, train=True, seed=cfg.train.seed))
+    """Updates per epoch: one pass of the sampler, or ``steps_per_epoch`` when that is smaller."""
+    full = sum(1 for _ in make_sampler(cuts, cfg.data, train=True, seed=cfg.train.seed))
+    return min(full, cfg.train.steps_per_epoch) if cfg.train.steps_per_epoch else full
 
 
 def _restore(exp_dir: Path, model, optimizer, resume: bool) -> _Clock:
