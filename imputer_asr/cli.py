@@ -222,27 +222,35 @@ def _run_decode(args) -> None:
     packaged = load_packaged(args.model)
     cuts = _load_cuts(args.cuts)
     hyps, seconds = decode_cuts(packaged.model, packaged.tokenizer, cuts)
+    timing = _write_decoding(args, hyps, seconds)
+    log.info(
+        "decoded %d utterances (%.0f s of audio) in %.1f s, RTF %.4f",
+        len(hyps),
+        timing["audio_seconds"],
+        seconds,
+        timing["rtf"],
+    )
+
+
+def _write_decoding(args, hyps, seconds: float, **extra) -> dict:
+    """Write ``timing-<name>.json`` then ``hyps-<name>.jsonl`` (last and atomically: it is the make
+    target of a decode stage); returns the timing record."""
     audio = sum(h.duration for h in hyps)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    out = args.out_dir / f"hyps-{args.name}.jsonl"
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(dataclasses.asdict(h)) + "\n" for h in hyps))
-    tmp.replace(out)
     timing = {
         "utterances": len(hyps),
         "audio_seconds": audio,
         "decode_seconds": seconds,
         "rtf": seconds / max(audio, 1e-9),
         "threads": args.threads,
+        **extra,
     }
+    args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / f"timing-{args.name}.json").write_text(json.dumps(timing, indent=2) + "\n")
-    log.info(
-        "decoded %d utterances (%.0f s of audio) in %.1f s, RTF %.4f",
-        len(hyps),
-        audio,
-        seconds,
-        timing["rtf"],
-    )
+    out = args.out_dir / f"hyps-{args.name}.jsonl"
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(dataclasses.asdict(h)) + "\n" for h in hyps))
+    tmp.replace(out)
+    return timing
 
 
 def _add_score(sub) -> None:
@@ -404,30 +412,21 @@ def _run_decode_imputer(args) -> None:
         block_size=block_size,
         threshold=args.adaptive,
     )
-    audio = sum(h.duration for h in run.hyps)
-    timing = {
-        "utterances": len(run.hyps),
-        "audio_seconds": audio,
-        "decode_seconds": run.seconds,
-        "rtf": run.seconds / max(audio, 1e-9),
-        "threads": args.threads,
-        "block_size": block_size,
-        "steps": steps,
-        "adaptive_threshold": args.adaptive,
-        "evaluations": run.evaluations,
-        "batches": run.batches,
-        "evaluations_per_batch": run.evaluations / max(run.batches, 1),
-    }
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / f"timing-{args.name}.json").write_text(json.dumps(timing, indent=2) + "\n")
-    out = args.out_dir / f"hyps-{args.name}.jsonl"  # written last: the stage's target
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(dataclasses.asdict(h)) + "\n" for h in run.hyps))
-    tmp.replace(out)
+    timing = _write_decoding(
+        args,
+        run.hyps,
+        run.seconds,
+        block_size=block_size,
+        steps=steps,
+        adaptive_threshold=args.adaptive,
+        evaluations=run.evaluations,
+        batches=run.batches,
+        evaluations_per_batch=run.evaluations / max(run.batches, 1),
+    )
     log.info(
         "decoded %d utterances (%.0f s of audio) in %.1f s, RTF %.4f, %d evaluations in %d batches",
         len(run.hyps),
-        audio,
+        timing["audio_seconds"],
         run.seconds,
         timing["rtf"],
         run.evaluations,

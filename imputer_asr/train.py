@@ -25,7 +25,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from imputer_asr.checkpoint import atomic_save, epoch_checkpoints, load_file
-from imputer_asr.config import ExperimentConfig, TrainConfig, config_to_dict, save_config
+from imputer_asr.config import DataConfig, ExperimentConfig, TrainConfig, config_to_dict, save_config
 from imputer_asr.dataset import make_loader, make_sampler
 from imputer_asr.decode import Hypothesis, decode_cuts
 from imputer_asr.losses import ctc_loss
@@ -164,8 +164,6 @@ def validate(
     """Dev loss per token and the decoder's WER/CER (fractions)."""
     model.eval()
     total, tokens = 0.0, 0
-    from imputer_asr.config import DataConfig
-
     for batch in make_loader(cuts, tokenizer, DataConfig(max_duration=200.0), train=False):
         loss_sum, num_tokens = objective(model, batch)
         total, tokens = total + float(loss_sum), tokens + num_tokens
