@@ -135,6 +135,14 @@ def _load_cuts(path: Path):
     return CutSet.from_file(path).to_eager()
 
 
+def _trainable(cuts, tokenizer, cfg):
+    """Drop cuts that CTC cannot align with this tokenizer (the fbank stage filtered with the one
+    it was given; a tokenizer trained later with another vocabulary may need more frames)."""
+    from imputer_asr.prepare import filter_cuts
+
+    return filter_cuts(cuts, tokenizer, cfg.features, max_duration=float("inf")).to_eager()
+
+
 def _resolved_config(args, tokenizer):
     from imputer_asr.config import apply_overrides, load_config
 
@@ -159,7 +167,7 @@ def _run_train(args) -> None:
     fit(
         cfg,
         args.exp_dir,
-        _load_cuts(args.train_cuts),
+        _trainable(_load_cuts(args.train_cuts), tokenizer, cfg),
         _load_cuts(args.dev_cuts),
         tokenizer,
         init_weights=init,

@@ -69,12 +69,17 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Batching and augmentation of precomputed features."""
+    """Batching and augmentation of precomputed features.
+
+    ``spec_augment_from_epoch`` > 1 trains the first epochs without SpecAugment: masking slows the
+    escape from CTC's all-blank plateau, and a short CPU run cannot afford that.
+    """
 
     max_duration: float = 60.0
     num_buckets: int = 10
     num_workers: int = 1
     spec_augment: bool = True
+    spec_augment_from_epoch: int = 1
     num_frame_masks: int = 4
     frames_mask_size: int = 40
     num_feature_masks: int = 2

@@ -15,7 +15,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from imputer_asr.checkpoint import atomic_save, epoch_checkpoints, load_file
 from imputer_asr.config import DataConfig, ExperimentConfig, TrainConfig, config_to_dict, save_config
-from imputer_asr.dataset import make_loader, make_sampler
+from imputer_asr.dataset import make_loader
 from imputer_asr.decode import Hypothesis, decode_cuts
 from imputer_asr.losses import ctc_loss
 from imputer_asr.model import ImputerModel
@@ -198,9 +198,15 @@ def _seed_everything(seed: int) -> None:
 
 
 def _count_batches(cuts: CutSet, cfg: ExperimentConfig) -> int:
-    """Updates per epoch: one pass of the sampler, or ``steps_per_epoch`` when that is smaller."""
-    full = sum(1 for _ in make_sampler(cuts, cfg.data, train=True, seed=cfg.train.seed))
-    return min(full, cfg.train.steps_per_epoch) if cfg.train.steps_per_epoch else full
+    """Updates per epoch for the learning-rate schedule: the audio over ``max_duration``.
+
+    The sampler fills batches up to ``max_duration``, so this is a slight underestimate; the
+    schedule holds its final value for the few extra steps. (A dry pass of the sampler gives the
+    exact count but took minutes on 12k cuts.) ``steps_per_epoch`` caps it.
+    """
+    seconds = sum(cut.duration for cut in cuts)
+    estimate = max(1, math.ceil(seconds / cfg.data.max_duration))
+    return min(estimate, cfg.train.steps_per_epoch) if cfg.train.steps_per_epoch else estimate
 
 
 def _restore(exp_dir: Path, model, optimizer, resume: bool) -> _Clock:
@@ -254,10 +260,13 @@ def fit(
         clock.epoch += 1
         _seed_everything(cfg.train.seed + clock.epoch)
         sort_first = cfg.train.sort_first_epoch and clock.epoch == 1 and init_weights is None
+        data_cfg = cfg.data
+        if clock.epoch < cfg.data.spec_augment_from_epoch:
+            data_cfg = replace(data_cfg, spec_augment=False)
         loader = make_loader(
             train_cuts,
             tokenizer,
-            cfg.data,
+            data_cfg,
             train=True,
             sort_by_duration=sort_first,
             seed=cfg.train.seed + clock.epoch,
