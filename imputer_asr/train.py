@@ -256,6 +256,7 @@ def fit(
     done = exp_dir / "train.done"
     if clock.epoch >= cfg.train.epochs:
         log.info("%s: %d epochs already trained", exp_dir, clock.epoch)
+    last_valid: dict = {}
     while clock.epoch < cfg.train.epochs:
         clock.epoch += 1
         _seed_everything(cfg.train.seed + clock.epoch)
@@ -273,9 +274,12 @@ def fit(
         )
 
         def validate_now() -> dict[str, float]:
+            if last_valid.get("step") == clock.step:  # valid_every just ran at the epoch's last step
+                return last_valid["metrics"]
             metrics = validate(model, tokenizer, dev_cuts, objective, decoder)
             record = {"kind": "valid", "epoch": clock.epoch, "step": clock.step}
             json_log.write({**record, "wall_time": round(clock.wall_time, 2), **metrics})
+            last_valid.update(step=clock.step, metrics=metrics)
             return metrics
 
         def every_step() -> None:
