@@ -197,7 +197,8 @@ def _run_package(args) -> None:
     checkpoints = epoch_checkpoints(args.exp_dir)
     if not checkpoints:
         raise ValueError(f"{args.exp_dir}: no epoch-<n>.pt checkpoints; run the training stage first")
-    cfg = config_from_dict(load_file(checkpoints[-1])["config"])
+    newest = load_file(checkpoints[-1])
+    cfg = config_from_dict(newest["config"])
     last = args.average_last or cfg.train.average_last
     used = checkpoints[-last:]
     package_model(
@@ -206,6 +207,7 @@ def _run_package(args) -> None:
         Tokenizer.from_file(args.bpe),
         args.out,
         averaged=[p.name for p in used],
+        trained_as=newest.get("trained_as", "ctc"),
     )
     log.info("wrote %s (average of %s)", args.out, ", ".join(p.name for p in used))
 
@@ -380,6 +382,7 @@ def _run_train_imputer(args) -> None:
         init_weights=init,
         resume=args.resume,
         decoder=decoder,
+        trained_as="imputer",
     )
 
 
