@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,9 @@ def load_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ValueError(f"{path}: no such model file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about some foreign pickles before refusing them
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # torch raises many types for corrupt or foreign files
         raise ValueError(
             f"{path}: not an imputer_asr model file (it does not load as a weights-only PyTorch file)"

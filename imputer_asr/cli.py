@@ -2,6 +2,7 @@
 
 Each subcommand parses its arguments and calls one library function; errors in the input reach the
 user as one line naming the file and the problem (exit status 1), usage errors exit with 2.
+``transcribe`` reports each input that fails on its own line and goes on with the others.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ from pathlib import Path
 __all__ = ["main", "build_parser"]
 
 log = logging.getLogger("imputer_asr")
+
+
+class _UsageError(ValueError):
+    """A bad argument found after parsing (e.g. a model file that is not one): exit status 2."""
 
 
 def _add_synth_corpus(sub) -> None:
@@ -197,7 +202,8 @@ def _run_package(args) -> None:
     checkpoints = epoch_checkpoints(args.exp_dir)
     if not checkpoints:
         raise ValueError(f"{args.exp_dir}: no epoch-<n>.pt checkpoints; run the training stage first")
-    cfg = config_from_dict(load_file(checkpoints[-1])["config"])
+    newest = load_file(checkpoints[-1])
+    cfg = config_from_dict(newest["config"])
     last = args.average_last or cfg.train.average_last
     used = checkpoints[-last:]
     package_model(
@@ -206,6 +212,7 @@ def _run_package(args) -> None:
         Tokenizer.from_file(args.bpe),
         args.out,
         averaged=[p.name for p in used],
+        trained_as=newest.get("trained_as", "ctc"),
     )
     log.info("wrote %s (average of %s)", args.out, ", ".join(p.name for p in used))
 
@@ -380,6 +387,7 @@ def _run_train_imputer(args) -> None:
         init_weights=init,
         resume=args.resume,
         decoder=decoder,
+        trained_as="imputer",
     )
 
 
@@ -509,6 +517,91 @@ def _run_show_imputation(args) -> None:
     log.info("wrote %s (%d encoder frames, %d steps)", args.out, int(result.lengths[0]), result.evaluations)
 
 
+def _add_transcribe(sub) -> None:
+    p = sub.add_parser(
+        "transcribe", help="transcribe audio files (wav, flac, ogg, mp3) with a packaged model"
+    )
+    p.add_argument("audio", nargs="+", help="audio files, or directories searched recursively")
+    p.add_argument("--model", type=Path, required=True, help="packaged model.pt")
+    p.add_argument(
+        "--decoder",
+        choices=("imputer", "ctc"),
+        default=None,
+        help="default: imputer for a model trained as an Imputer, ctc otherwise",
+    )
+    p.add_argument(
+        "--steps", type=int, default=None, help="K of the imputer decoder; default: its block size"
+    )
+    p.add_argument(
+        "--format",
+        choices=("txt", "json", "srt", "vtt"),
+        default="txt",
+        help="txt: 'AUDIO<TAB>TEXT' lines; json: one JSON object per input (JSON Lines) with word times; "
+        "srt, vtt: a subtitle file per input in --output-dir",
+    )
+    p.add_argument("--output-dir", type=Path, default=Path("."), help="where srt and vtt files go")
+    p.add_argument(
+        "--window-seconds", type=float, default=30.0, help="long recordings are decoded in windows this long"
+    )
+    p.add_argument("--overlap-seconds", type=float, default=5.0, help="overlap of consecutive windows")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=_run_transcribe)
+
+
+def _run_transcribe(args) -> int:
+    """Exit status 0 when every input was transcribed, 1 when some failed (each on a stderr line)."""
+    import torch
+
+    from imputer_asr.audio import find_audio
+    from imputer_asr.transcribe import TranscribeOptions, load_model
+
+    torch.set_num_threads(args.threads)
+    try:
+        options = TranscribeOptions(window_seconds=args.window_seconds, overlap_seconds=args.overlap_seconds)
+        transcriber = load_model(args.model, device=args.device, options=options)
+        transcripts = transcriber.iter_transcripts(
+            find_audio(args.audio), decoder=args.decoder, steps=args.steps
+        )
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+    subtitles: dict[Path, str] = {}
+    failed = 0
+    for transcript in transcripts:
+        error = _write_transcript(transcript, args, subtitles) or transcript.error
+        if error:
+            print(f"imputer-asr transcribe: error: {error}", file=sys.stderr, flush=True)
+            failed += 1
+    return 1 if failed else 0
+
+
+def _write_transcript(transcript, args, subtitles: dict[Path, str]) -> str | None:
+    """Print (txt, json) or write (srt, vtt) one transcript; returns an error, if any.
+
+    ``subtitles`` maps the subtitle files written so far to their inputs: two inputs with the same
+    name would write the same file, and the second is refused rather than overwrite the first.
+    """
+    from imputer_asr.subtitles import format_srt, format_vtt, subtitle_cues
+
+    if args.format == "json":
+        print(json.dumps(transcript.to_dict()), flush=True)
+        return None
+    if transcript.error:
+        return None
+    if args.format == "txt":
+        print(f"{transcript.audio}\t{transcript.text}", flush=True)
+        return None
+    out = args.output_dir / f"{Path(transcript.audio).stem}.{args.format}"
+    if out in subtitles:
+        return f"{transcript.audio}: its subtitles would overwrite {out}, written for {subtitles[out]}"
+    cues = subtitle_cues(transcript.words)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    out.write_text(format_srt(cues) if args.format == "srt" else format_vtt(cues))
+    subtitles[out] = transcript.audio
+    print(f"{transcript.audio}\t{out}", flush=True)
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imputer-asr", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -528,6 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_decode_imputer,
         _add_compare,
         _add_show_imputation,
+        _add_transcribe,
     ):
         add(sub)
     return parser
@@ -541,14 +635,16 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     try:
-        args.func(args)
+        return args.func(args) or 0
+    except _UsageError as exc:
+        print(f"imputer-asr {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except (ValueError, RuntimeError, OSError) as exc:
         print(f"imputer-asr {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"imputer-asr {args.command}: interrupted", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":

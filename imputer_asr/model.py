@@ -35,7 +35,12 @@ from torch import Tensor, nn
 
 from imputer_asr.config import ModelConfig
 
-__all__ = ["ImputerModel", "subsampled_lengths", "padding_mask"]
+__all__ = ["ImputerModel", "subsampled_lengths", "padding_mask", "SUBSAMPLING", "MIN_INPUT_FRAMES"]
+
+SUBSAMPLING = 4
+"""Input frames per encoder frame (two stride-2 convolutions): 10 ms fbank -> 40 ms encoder frames."""
+MIN_INPUT_FRAMES = 7
+"""The fewest input frames that give one encoder frame."""
 
 
 def subsampled_lengths(lengths: Tensor) -> Tensor:
@@ -211,8 +216,10 @@ class ImputerModel(nn.Module):
             raise ValueError(f"features must be (N, T, {self.cfg.input_dim}), got {features.shape}")
         if feature_lengths.shape != features.shape[:1]:
             raise ValueError(f"lengths must be ({features.size(0)},), got {tuple(feature_lengths.shape)}")
-        if (feature_lengths < 7).any() or (feature_lengths > features.size(1)).any():
-            raise ValueError(f"lengths must be in [7, {features.size(1)}], got {feature_lengths.tolist()}")
+        if (feature_lengths < MIN_INPUT_FRAMES).any() or (feature_lengths > features.size(1)).any():
+            raise ValueError(
+                f"lengths must be in [{MIN_INPUT_FRAMES}, {features.size(1)}], got {feature_lengths.tolist()}"
+            )
         features = (features - self.feature_mean) / self.feature_std
         x, lengths = self.subsampling(features, feature_lengths)
         bottom = self.blocks[: self.cfg.inject_layer]

@@ -31,6 +31,7 @@ __all__ = [
     "ctc_feasible",
     "filter_cuts",
     "NoiseAugment",
+    "fbank_extractor",
     "compute_fbank",
 ]
 
@@ -152,6 +153,17 @@ def _coloured_noise(n: int, exponent: float, rng: np.random.Generator) -> np.nda
     return (noise / (np.std(noise) + 1e-12)).astype(np.float32)
 
 
+def fbank_extractor(features: FeatureConfig) -> Fbank:
+    """The log-mel front end: training features and transcription both come from this one."""
+    return Fbank(
+        FbankConfig(
+            sampling_rate=features.sample_rate,
+            frame_shift=features.frame_shift,
+            num_mel_bins=features.num_mel_bins,
+        )
+    )
+
+
 def _single_threaded() -> None:
     """Worker initialiser: one torch thread per process, or 2 workers on 2 cores oversubscribe."""
     torch.set_num_threads(1)
@@ -187,13 +199,7 @@ def compute_fbank(
     if augment:
         cuts = cuts + CutSet.from_cuts(c for s in speeds for c in cuts.perturb_speed(s))
     cuts = filter_cuts(cuts, tokenizer, features, max_duration).to_eager()
-    extractor = Fbank(
-        FbankConfig(
-            sampling_rate=features.sample_rate,
-            frame_shift=features.frame_shift,
-            num_mel_bins=features.num_mel_bins,
-        )
-    )
+    extractor = fbank_extractor(features)
     output_dir.mkdir(parents=True, exist_ok=True)
     with ProcessPoolExecutor(num_jobs, initializer=_single_threaded) as executor:
         cuts = cuts.compute_and_store_features(

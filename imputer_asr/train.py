@@ -234,8 +234,13 @@ def fit(
     init_weights: dict[str, Tensor] | None = None,
     resume: bool = True,
     decoder: Decoder = ctc_greedy_decoder,
+    trained_as: str = "ctc",
 ) -> ImputerModel:
-    """Train, validate and checkpoint every epoch; returns the trained model."""
+    """Train, validate and checkpoint every epoch; returns the trained model.
+
+    ``trained_as`` ("ctc" or "imputer") is stored in every checkpoint and, by the package stage, in
+    the packaged model, where it chooses the default decoder of ``imputer-asr transcribe``.
+    """
     exp_dir = Path(exp_dir)
     exp_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, exp_dir / "config.json")
@@ -307,6 +312,7 @@ def fit(
                 "config": config_to_dict(cfg),
                 "clock": vars(clock).copy(),
                 "metrics": metrics,
+                "trained_as": trained_as,
             },
             exp_dir / f"epoch-{clock.epoch}.pt",
         )

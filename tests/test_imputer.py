@@ -385,6 +385,7 @@ def test_cli_align_train_decode(tiny_corpus, tmp_path):
     model_pt = exp / "model.pt"
     assert main(["package", "--exp-dir", str(exp), "--bpe", str(bpe), "--out", str(model_pt)]) == 0
     assert load_packaged(model_pt).config.imputer.block_size == 4
+    assert load_packaged(model_pt).info["trained_as"] == "imputer"  # transcribe's default decoder
     test_cuts = str(tiny_corpus.fbank_cuts("test"))
     for name, extra in (("k2", ["--steps", "2"]), ("adaptive", ["--adaptive", "0.9"])):
         args = [
