@@ -343,12 +343,18 @@ def _add_train_imputer(sub) -> None:
 
 
 def _init_weights(path: Path, model_cfg):
-    """Weights of a packaged model whose model config matches ``model_cfg`` (dropout may differ:
-    it changes training, not the function the weights compute)."""
+    """Weights of a packaged model whose model config matches ``model_cfg``.
+
+    ``dropout`` and ``inject_layer`` may differ: neither changes the parameters' shapes. Starting an
+    Imputer with ``inject_layer`` k > 0 from a CTC model (k = 0) moves where the [MASK] embedding is
+    added, so it starts near, not at, the CTC model's function; Imputer training adapts it.
+    """
     from imputer_asr.checkpoint import load_packaged
 
     packaged = load_packaged(path)
-    theirs = dataclasses.replace(packaged.config.model, dropout=model_cfg.dropout)
+    theirs = dataclasses.replace(
+        packaged.config.model, dropout=model_cfg.dropout, inject_layer=model_cfg.inject_layer
+    )
     if theirs != model_cfg:
         differ = [
             f"{f.name} {getattr(theirs, f.name)} vs {getattr(model_cfg, f.name)}"
