@@ -120,7 +120,7 @@ def _add_fbank(sub) -> None:
     p.add_argument("--manifest-dir", type=Path, required=True)
     p.add_argument("--out-dir", type=Path, required=True)
     p.add_argument("--bpe", type=Path, required=True, help="tokenizer, to filter unalignable cuts")
-    p.add_argument("--part", required=True)
+    p.add_argument("--part", nargs="+", required=True, help="one or more parts, each with these options")
     p.add_argument("--augment", action="store_true", help="speed perturbation 0.9/1.1 and noise")
     p.add_argument("--noise-prob", type=float, default=0.5)
     p.add_argument("--max-duration", type=float, default=30.0, help="drop longer cuts (seconds)")
@@ -137,17 +137,19 @@ def _run_fbank(args) -> None:
 
     if args.jobs > 1:
         torch.set_num_threads(1)  # lhotse's worker pool can hang with multi-threaded torch
-    compute_fbank(
-        args.manifest_dir,
-        args.part,
-        args.out_dir,
-        Tokenizer.from_file(args.bpe),
-        FeatureConfig(),
-        augment=args.augment,
-        noise=NoiseAugment(prob=args.noise_prob) if args.noise_prob > 0 else None,
-        max_duration=args.max_duration,
-        num_jobs=args.jobs,
-    )
+    tokenizer = Tokenizer.from_file(args.bpe)
+    for part in args.part:
+        compute_fbank(
+            args.manifest_dir,
+            part,
+            args.out_dir,
+            tokenizer,
+            FeatureConfig(),
+            augment=args.augment,
+            noise=NoiseAugment(prob=args.noise_prob) if args.noise_prob > 0 else None,
+            max_duration=args.max_duration,
+            num_jobs=args.jobs,
+        )
 
 
 def _add_train(sub) -> None:

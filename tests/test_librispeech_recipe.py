@@ -109,3 +109,23 @@ def test_recipe_end_to_end(tiny_librispeech, tmp_path):
     ]
     for part in LIBRISPEECH_PARTS[1:]:
         assert (tmp_path / "exp" / "imputer" / f"wer-{part}-k8.txt").is_file()
+
+
+def test_download_refuses_unknown_parts(tmp_path):
+    from imputer_asr.prepare import download_corpus
+
+    with pytest.raises(ValueError, match="not LibriSpeech part"):
+        download_corpus(tmp_path, ["train-clean-100", "train-dirty-7"])
+    assert not any(tmp_path.iterdir())
+
+
+def test_fill_results_section_keeps_the_rest(tmp_path):
+    from imputer_asr.report import fill_results_section
+
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- r:begin -->\nold\n<!-- r:end -->\noutro\n")
+    fill_results_section(readme, "| new |", "r")
+    fill_results_section(readme, "| newer |", "r")
+    assert readme.read_text() == "intro\n<!-- r:begin -->\n| newer |\n<!-- r:end -->\noutro\n"
+    with pytest.raises(ValueError, match="README.md: no '<!-- other:begin -->'"):
+        fill_results_section(readme, "| x |", "other")
