@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from lhotse import CutSet, Fbank, FbankConfig, LilcomChunkyWriter, combine
+from lhotse import CutSet, Fbank, FbankConfig, LilcomChunkyWriter
 from lhotse.recipes import download_librispeech, prepare_librispeech
 from lhotse.recipes.librispeech import LIBRISPEECH
 from lhotse.utils import compute_num_frames
@@ -112,7 +112,7 @@ def combine_manifests(manifest_dir: Path, parts: Sequence[str], name: str) -> Pa
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise ValueError(f"{', '.join(missing)}: no such manifest; run the manifests stage first")
-    _write_cuts(combine(*(CutSet.from_file(p) for p in paths)).to_eager(), out)
+    _write_cuts(CutSet.from_cuts(c for p in paths for c in CutSet.from_file(p)).to_eager(), out)
     return out
 
 

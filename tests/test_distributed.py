@@ -85,7 +85,7 @@ def test_two_processes_match_one_with_accumulation(tiny_corpus, tmp_path):
     # processes resumes from it.
     assert set(state["model"]) == set(single.state_dict())
     torch.manual_seed(cfg.train.seed)  # fit() seeds so before building its model
-    initial = dict(ImputerModel(cfg.model).named_parameters())
+    initial = {n: p.detach() for n, p in ImputerModel(cfg.model).named_parameters()}
     moved, worst = 0.0, 0.0
     for name, value in single.named_parameters():
         value = value.detach()
