@@ -47,6 +47,21 @@ def _run_synth_corpus(args) -> None:
     )
 
 
+def _add_download(sub) -> None:
+    p = sub.add_parser("download", help="download and unpack LibriSpeech parts (into TARGET_DIR/LibriSpeech)")
+    p.add_argument("--target-dir", type=Path, required=True)
+    p.add_argument("--parts", nargs="+", required=True, help="e.g. train-clean-100 dev-clean")
+    p.add_argument("--base-url", default=None, help="default: OpenSLR")
+    p.set_defaults(func=_run_download)
+
+
+def _run_download(args) -> None:
+    from imputer_asr.prepare import OPENSLR_URL, download_corpus
+
+    corpus = download_corpus(args.target_dir, args.parts, args.base_url or OPENSLR_URL)
+    log.info("%s: %s", corpus, " ".join(args.parts))
+
+
 def _add_manifests(sub) -> None:
     p = sub.add_parser("manifests", help="lhotse manifests (cuts) of a LibriSpeech-layout corpus")
     p.add_argument("--corpus-dir", type=Path, required=True)
@@ -59,6 +74,22 @@ def _run_manifests(args) -> None:
     from imputer_asr.prepare import prepare_manifests
 
     prepare_manifests(args.corpus_dir, args.manifest_dir, args.parts)
+
+
+def _add_combine_cuts(sub) -> None:
+    p = sub.add_parser(
+        "combine-cuts", help="one cuts manifest from several parts (e.g. the 960 h training set)"
+    )
+    p.add_argument("--manifest-dir", type=Path, required=True)
+    p.add_argument("--parts", nargs="+", required=True)
+    p.add_argument("--name", required=True, help="writes cuts_<name>.jsonl.gz")
+    p.set_defaults(func=_run_combine_cuts)
+
+
+def _run_combine_cuts(args) -> None:
+    from imputer_asr.prepare import combine_manifests
+
+    log.info("wrote %s", combine_manifests(args.manifest_dir, args.parts, args.name))
 
 
 def _add_bpe(sub) -> None:
@@ -89,7 +120,7 @@ def _add_fbank(sub) -> None:
     p.add_argument("--manifest-dir", type=Path, required=True)
     p.add_argument("--out-dir", type=Path, required=True)
     p.add_argument("--bpe", type=Path, required=True, help="tokenizer, to filter unalignable cuts")
-    p.add_argument("--part", required=True)
+    p.add_argument("--part", nargs="+", required=True, help="one or more parts, each with these options")
     p.add_argument("--augment", action="store_true", help="speed perturbation 0.9/1.1 and noise")
     p.add_argument("--noise-prob", type=float, default=0.5)
     p.add_argument("--max-duration", type=float, default=30.0, help="drop longer cuts (seconds)")
@@ -106,17 +137,19 @@ def _run_fbank(args) -> None:
 
     if args.jobs > 1:
         torch.set_num_threads(1)  # lhotse's worker pool can hang with multi-threaded torch
-    compute_fbank(
-        args.manifest_dir,
-        args.part,
-        args.out_dir,
-        Tokenizer.from_file(args.bpe),
-        FeatureConfig(),
-        augment=args.augment,
-        noise=NoiseAugment(prob=args.noise_prob) if args.noise_prob > 0 else None,
-        max_duration=args.max_duration,
-        num_jobs=args.jobs,
-    )
+    tokenizer = Tokenizer.from_file(args.bpe)
+    for part in args.part:
+        compute_fbank(
+            args.manifest_dir,
+            part,
+            args.out_dir,
+            tokenizer,
+            FeatureConfig(),
+            augment=args.augment,
+            noise=NoiseAugment(prob=args.noise_prob) if args.noise_prob > 0 else None,
+            max_duration=args.max_duration,
+            num_jobs=args.jobs,
+        )
 
 
 def _add_train(sub) -> None:
@@ -223,6 +256,7 @@ def _add_decode(sub) -> None:
     p.add_argument("--cuts", type=Path, required=True)
     p.add_argument("--out-dir", type=Path, required=True)
     p.add_argument("--name", required=True, help="e.g. test-ctc; names the output files")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=_run_decode)
 
@@ -235,6 +269,7 @@ def _run_decode(args) -> None:
 
     torch.set_num_threads(args.threads)
     packaged = load_packaged(args.model)
+    packaged.model.to(args.device)
     cuts = _load_cuts(args.cuts)
     hyps, seconds = decode_cuts(packaged.model, packaged.tokenizer, cuts)
     timing = _write_decoding(args, hyps, seconds)
@@ -307,6 +342,7 @@ def _add_align(sub) -> None:
     p.add_argument("--cuts", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="cuts manifest with alignments (.jsonl.gz)")
     p.add_argument("--max-duration", type=float, default=200.0, help="seconds of audio per batch")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=_run_align)
 
@@ -319,6 +355,7 @@ def _run_align(args) -> None:
 
     torch.set_num_threads(args.threads)
     packaged = load_packaged(args.model)
+    packaged.model.to(args.device)
     cuts = align_cuts(
         packaged.model, _load_cuts(args.cuts), packaged.tokenizer, max_duration=args.max_duration
     )
@@ -412,6 +449,7 @@ def _add_decode_imputer(sub) -> None:
         help="fix every frame more probable than THRESHOLD, stop when all are fixed",
     )
     p.add_argument("--block-size", type=int, default=None, help="B; default: the model's imputer config")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=_run_decode_imputer)
 
@@ -424,6 +462,7 @@ def _run_decode_imputer(args) -> None:
 
     torch.set_num_threads(args.threads)
     packaged = load_packaged(args.model)
+    packaged.model.to(args.device)
     block_size = args.block_size or packaged.config.imputer.block_size
     steps = args.steps or block_size
     run = decode_cuts_imputer(
@@ -497,6 +536,27 @@ def _run_compare(args) -> None:
     plot_wer_vs_steps(rows, args.out_png, title=f"{args.part}: " + " vs ".join(exp_dirs))
     print(text, end="")
     log.info("wrote %s and %s", args.out_md, args.out_png)
+
+
+def _add_results(sub) -> None:
+    p = sub.add_parser("results", help="WER table of several systems on several parts, written into a README")
+    p.add_argument("--exp", type=_parse_exp, action="append", required=True, metavar="NAME=DIR")
+    p.add_argument("--parts", nargs="+", required=True)
+    p.add_argument("--readme", type=Path, required=True, help="holds <!-- SECTION:begin/end --> lines")
+    p.add_argument("--section", default="results", help="the marked section of the README to fill")
+    p.set_defaults(func=_run_results)
+
+
+def _run_results(args) -> None:
+    from imputer_asr.report import collect_results, fill_results_section, format_wer_by_part
+
+    rows_by_part = {}
+    for part in args.parts:
+        decoded = {name: path for name, path in args.exp if any(path.glob(f"wer-{part}-*.json"))}
+        rows_by_part[part] = collect_results(decoded, part) if decoded else []
+    table = format_wer_by_part(rows_by_part)
+    fill_results_section(args.readme, table, args.section)
+    print(table)
 
 
 def _add_show_imputation(sub) -> None:
@@ -614,7 +674,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (
         _add_synth_corpus,
+        _add_download,
         _add_manifests,
+        _add_combine_cuts,
         _add_bpe,
         _add_fbank,
         _add_train,
@@ -626,6 +688,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_train_imputer,
         _add_decode_imputer,
         _add_compare,
+        _add_results,
         _add_show_imputation,
         _add_transcribe,
     ):

@@ -95,6 +95,11 @@ class TrainConfig:
     checkpoints, validation and the schedule then follow a fixed budget of updates whatever the
     corpus size; each epoch draws a fresh shuffle. ``valid_every`` > 0 adds a dev evaluation every
     that many updates (for the curve of WER against training time).
+
+    Scale-out: ``device`` "cuda" trains on GPU ``LOCAL_RANK`` (set by torchrun), ``bf16`` runs the
+    forward pass under bfloat16 autocast there (the losses stay in float32), and ``accum_grad`` sums
+    the gradients of that many batches into one update. ``steps_per_epoch`` and ``warmup_steps``
+    count updates.
     """
 
     epochs: int = 10
@@ -110,6 +115,9 @@ class TrainConfig:
     steps_per_epoch: int = 0
     average_last: int = 3
     sort_first_epoch: bool = True
+    device: str = "cpu"
+    bf16: bool = False
+    accum_grad: int = 1
 
 
 @dataclass(frozen=True)

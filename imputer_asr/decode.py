@@ -77,9 +77,10 @@ def decode_cuts(
     loader = make_loader(cuts, tokenizer, DataConfig(max_duration=max_duration), train=False)
     hyps: list[Hypothesis] = []
     elapsed = 0.0
+    device = next(model.parameters()).device
     for batch in loader:
         start = time.perf_counter()
-        log_probs, lengths = model(batch["features"], batch["feature_lengths"])
+        log_probs, lengths = model(batch["features"].to(device), batch["feature_lengths"].to(device))
         ids = ctc_greedy_search(log_probs, lengths, tokenizer.blank_id)
         elapsed += time.perf_counter() - start
         for cut_id, ref, dur, seq in zip(

@@ -10,6 +10,7 @@ with a logged count, so nothing fails later because of them.
 from __future__ import annotations
 
 import logging
+import tarfile
 import zlib
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -19,14 +20,18 @@ from pathlib import Path
 import numpy as np
 import torch
 from lhotse import CutSet, Fbank, FbankConfig, LilcomChunkyWriter
-from lhotse.recipes import prepare_librispeech
+from lhotse.recipes import download_librispeech, prepare_librispeech
+from lhotse.recipes.librispeech import LIBRISPEECH
 from lhotse.utils import compute_num_frames
 
 from imputer_asr.config import FeatureConfig
 from imputer_asr.tokenizer import Tokenizer
 
 __all__ = [
+    "OPENSLR_URL",
+    "download_corpus",
     "prepare_manifests",
+    "combine_manifests",
     "manifest_texts",
     "ctc_feasible",
     "filter_cuts",
@@ -37,6 +42,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+OPENSLR_URL = "http://www.openslr.org/resources"
+"""Where lhotse fetches LibriSpeech from (``<url>/12/<part>.tar.gz``)."""
+
 
 def _cuts_path(manifest_dir: Path, part: str) -> Path:
     return Path(manifest_dir) / f"cuts_{part}.jsonl.gz"
@@ -46,6 +54,26 @@ def _write_cuts(cuts: CutSet, path: Path) -> None:
     tmp = path.with_name(path.name.replace(".jsonl.gz", ".tmp.jsonl.gz"))
     cuts.to_file(tmp)
     tmp.replace(path)
+
+
+def download_corpus(target_dir: Path, parts: Sequence[str], base_url: str = OPENSLR_URL) -> Path:
+    """Download and unpack LibriSpeech ``parts`` into ``target_dir/LibriSpeech`` (lhotse's
+    ``download_librispeech``: a part with its ``.completed`` sentinel is skipped); returns that directory.
+
+    Raises:
+        ValueError: a part LibriSpeech does not have, or the download failed (no network, a proxy
+            page instead of the archive, ...); one line naming the URL.
+    """
+    unknown = [p for p in parts if p not in LIBRISPEECH]
+    if unknown:
+        raise ValueError(f"not LibriSpeech part(s): {', '.join(unknown)} (known: {', '.join(LIBRISPEECH)})")
+    try:
+        return download_librispeech(target_dir, dataset_parts=list(parts), base_url=base_url)
+    except (OSError, tarfile.TarError) as exc:
+        raise ValueError(
+            f"cannot download LibriSpeech from {base_url}: {exc}; "
+            "without network, set CORPUS_DIR to an existing copy (the directory holding train-clean-100 ...)"
+        ) from None
 
 
 def prepare_manifests(corpus_dir: Path, manifest_dir: Path, parts: Sequence[str]) -> None:
@@ -72,6 +100,20 @@ def prepare_manifests(corpus_dir: Path, manifest_dir: Path, parts: Sequence[str]
         _write_cuts(cuts, _cuts_path(manifest_dir, part))
         hours = sum(c.duration for c in cuts) / 3600
         log.info("%s: %d cuts, %.2f h", part, len(cuts), hours)
+
+
+def combine_manifests(manifest_dir: Path, parts: Sequence[str], name: str) -> Path:
+    """Write ``cuts_<name>.jsonl.gz`` holding the cuts of every prepared part in ``parts`` (the three
+    training parts of LibriSpeech 960 h become one training set); skipped when it exists."""
+    out = _cuts_path(manifest_dir, name)
+    if out.is_file():
+        return out
+    paths = [_cuts_path(manifest_dir, p) for p in parts]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise ValueError(f"{', '.join(missing)}: no such manifest; run the manifests stage first")
+    _write_cuts(CutSet.from_cuts(c for p in paths for c in CutSet.from_file(p)).to_eager(), out)
+    return out
 
 
 def manifest_texts(manifest_dir: Path, part: str) -> list[str]:

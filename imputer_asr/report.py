@@ -46,6 +46,8 @@ __all__ = [
     "ResultRow",
     "collect_results",
     "format_markdown_table",
+    "format_wer_by_part",
+    "fill_results_section",
     "plot_wer_vs_steps",
     "plot_imputation",
     "show_imputation",
@@ -182,8 +184,12 @@ def format_markdown_table(rows: Sequence[ResultRow]) -> str:
         )
         for r in rows
     ]
+    return _markdown(header, body, left=(True, True, False, False, False, False, False))
+
+
+def _markdown(header: Sequence[str], body: Sequence[Sequence[str]], left: Sequence[bool]) -> str:
+    """Cells padded so that the columns line up; ``left`` aligns a column left, else right."""
     widths = [max(len(line[i]) for line in (header, *body)) for i in range(len(header))]
-    left = (True, True, False, False, False, False, False)
 
     def line(cells: Sequence[str]) -> str:
         padded = (c.ljust(w) if lft else c.rjust(w) for c, w, lft in zip(cells, widths, left, strict=True))
@@ -193,6 +199,47 @@ def format_markdown_table(rows: Sequence[ResultRow]) -> str:
         ":" + "-" * (w + 1) if lft else "-" * (w + 1) + ":" for w, lft in zip(widths, left, strict=True)
     )
     return "\n".join([line(header), "|" + "|".join(dashes) + "|", *(line(b) for b in body)])
+
+
+def format_wer_by_part(rows_by_part: Mapping[str, Sequence[ResultRow]]) -> str:
+    """WER % of each system and decoder (a line) on each part (a column; "-" where not decoded).
+
+    >>> ctc = ResultRow("CTC", "greedy", wer=5.0, cer=2.0, steps=1, decode_seconds=1.0, rtf=0.01)
+    >>> print(format_wer_by_part({"test-clean": [ctc], "test-other": []}))
+    | system | decoder | test-clean | test-other |
+    |:-------|:--------|-----------:|-----------:|
+    | CTC    | greedy  |       5.00 |          - |
+    """
+    keys = list(dict.fromkeys((r.system, r.decoder) for rows in rows_by_part.values() for r in rows))
+    if not keys:
+        raise ValueError("no results to tabulate")
+    wer = {(part, r.system, r.decoder): r.wer for part, rows in rows_by_part.items() for r in rows}
+    body = [
+        (
+            system,
+            decoder,
+            *(f"{wer[p, system, decoder]:.2f}" if (p, system, decoder) in wer else "-" for p in rows_by_part),
+        )
+        for system, decoder in keys
+    ]
+    return _markdown(
+        ("system", "decoder", *rows_by_part), body, left=(True, True, *(False for _ in rows_by_part))
+    )
+
+
+def fill_results_section(path: Path, table: str, section: str = "results") -> None:
+    """Put ``table`` between the ``<!-- <section>:begin -->`` and ``<!-- <section>:end -->`` lines of
+    ``path`` (a recipe's README), keeping the rest of the file; ValueError naming the file when it
+    has no such section."""
+    path = Path(path)
+    begin_mark, end_mark = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file to write the results into")
+    text = path.read_text(encoding="utf-8")
+    begin, end = text.find(begin_mark), text.find(end_mark)
+    if begin < 0 or end < begin:
+        raise ValueError(f"{path}: no '{begin_mark}' ... '{end_mark}' section to fill")
+    _write_atomic(path, text[: begin + len(begin_mark)] + "\n" + table + "\n" + text[end:])
 
 
 def write_markdown_report(rows: Sequence[ResultRow], out_md: Path, title: str = "") -> str:

@@ -4,11 +4,13 @@
 writes ``epoch-<n>.pt`` atomically, and resumes from the last checkpoint of the experiment directory.
 The log is JSON Lines (``train_log.jsonl``, read by :mod:`imputer_asr.plots`); its ``wall_time`` is
 the training clock in seconds (validation excluded), carried across resumes.
-Losses are summed over the batch and divided by the number of target tokens.
+Losses are summed over the batch and divided by the number of target tokens (of every accumulated
+batch on every rank when ``accum_grad`` > 1 or under torchrun: :mod:`imputer_asr.distributed`).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -28,6 +30,7 @@ from imputer_asr.checkpoint import atomic_save, epoch_checkpoints, load_file
 from imputer_asr.config import DataConfig, ExperimentConfig, TrainConfig, config_to_dict, save_config
 from imputer_asr.dataset import make_loader
 from imputer_asr.decode import Hypothesis, decode_cuts
+from imputer_asr.distributed import Parallel, ParallelObjective, init_parallel, to_device
 from imputer_asr.losses import ctc_loss
 from imputer_asr.model import ImputerModel
 from imputer_asr.scoring import score
@@ -79,12 +82,38 @@ class _Clock:
 
 
 class _JsonLog:
-    def __init__(self, path: Path) -> None:
+    """JSON Lines appender; with no path (ranks other than 0) it writes nothing."""
+
+    def __init__(self, path: Path | None) -> None:
         self.path = path
 
     def write(self, record: dict) -> None:
+        if self.path is None:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def _update(
+    runner: ParallelObjective, optimizer: torch.optim.Optimizer, group: list[dict], cfg: TrainConfig
+) -> tuple[float, int, float]:
+    """One optimiser update from ``group`` (this rank's accumulated batches) and the other ranks' groups.
+
+    Returns this rank's summed loss and tokens and the seconds of audio of every rank. The loss is
+    normalised by the tokens of every rank and batch (see :mod:`imputer_asr.distributed`).
+    """
+    tokens, audio = runner.parallel.sum(
+        [sum(int(b["target_lengths"].sum()) for b in group), sum(sum(b["durations"]) for b in group)]
+    )
+    optimizer.zero_grad(set_to_none=True)
+    divisor = max(tokens, 1) / runner.parallel.world_size
+    loss_sum, num_tokens = 0.0, 0
+    for i, batch in enumerate(group):
+        loss, n = runner.backward(batch, divisor, sync=i == len(group) - 1)
+        loss_sum, num_tokens = loss_sum + loss, num_tokens + n
+    torch.nn.utils.clip_grad_norm_(runner.model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    return loss_sum, num_tokens, audio
 
 
 def train_one_epoch(
@@ -97,28 +126,38 @@ def train_one_epoch(
     cfg: TrainConfig,
     json_log: _JsonLog,
     every_step: Callable[[], None] | None = None,
+    runner: ParallelObjective | None = None,
 ) -> None:
-    """One pass over ``loader``; ``every_step`` runs after each update, off the training clock."""
+    """One pass over ``loader``, an update every ``cfg.accum_grad`` batches; ``every_step`` runs after
+    each update, off the training clock. ``runner`` (several processes) defaults to this process alone.
+    The logged loss is this rank's.
+    """
+    runner = runner or ParallelObjective(model, objective, Parallel())
     model.train()
     window_loss, window_tokens = 0.0, 0
-    bar = tqdm(loader, desc=f"epoch {clock.epoch}", unit="batch", dynamic_ncols=True, leave=False)
+    bar = tqdm(
+        loader,
+        desc=f"epoch {clock.epoch}",
+        unit="batch",
+        dynamic_ncols=True,
+        leave=False,
+        disable=not runner.parallel.is_main,
+    )
+    batches = iter(bar)
     start = time.perf_counter()
     steps_done = 0
-    for batch in bar:
-        if cfg.steps_per_epoch and steps_done >= cfg.steps_per_epoch:
+    while not (cfg.steps_per_epoch and steps_done >= cfg.steps_per_epoch):
+        group = list(itertools.islice(batches, cfg.accum_grad))
+        if not group:
             break
         steps_done += 1
         lr = lr_at(clock.step, total_steps, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss_sum, num_tokens = objective(model, batch)
-        optimizer.zero_grad(set_to_none=True)
-        (loss_sum / max(num_tokens, 1)).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
+        for param_group in optimizer.param_groups:
+            param_group["lr"] = lr
+        loss_sum, num_tokens, audio = _update(runner, optimizer, group, cfg)
         clock.step += 1
-        clock.audio_seconds += sum(batch["durations"])
-        window_loss += float(loss_sum.detach())
+        clock.audio_seconds += audio
+        window_loss += loss_sum
         window_tokens += num_tokens
         now = time.perf_counter()
         clock.wall_time += now - start
@@ -164,7 +203,9 @@ def validate(
     """Dev loss per token and the decoder's WER/CER (fractions)."""
     model.eval()
     total, tokens = 0.0, 0
+    device = next(model.parameters()).device
     for batch in make_loader(cuts, tokenizer, DataConfig(max_duration=200.0), train=False):
+        batch = to_device(batch, device)
         loss_sum, num_tokens = objective(model, batch)
         total, tokens = total + float(loss_sum), tokens + num_tokens
     hyps = decoder(model, tokenizer, cuts)
@@ -197,15 +238,17 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _count_batches(cuts: CutSet, cfg: ExperimentConfig) -> int:
-    """Updates per epoch for the learning-rate schedule: the audio over ``max_duration``.
+def _count_batches(cuts: CutSet, cfg: ExperimentConfig, world_size: int = 1) -> int:
+    """Updates per epoch for the learning-rate schedule: the audio over the audio of one update
+    (``max_duration`` per batch, ``accum_grad`` batches on each of ``world_size`` ranks).
 
     The sampler fills batches up to ``max_duration``, so this is a slight underestimate; the
     schedule holds its final value for the few extra steps. (A dry pass of the sampler gives the
     exact count but took minutes on 12k cuts.) ``steps_per_epoch`` caps it.
     """
     seconds = sum(cut.duration for cut in cuts)
-    estimate = max(1, math.ceil(seconds / cfg.data.max_duration))
+    per_update = cfg.data.max_duration * cfg.train.accum_grad * world_size
+    estimate = max(1, math.ceil(seconds / per_update))
     return min(estimate, cfg.train.steps_per_epoch) if cfg.train.steps_per_epoch else estimate
 
 
@@ -224,6 +267,68 @@ def _restore(exp_dir: Path, model, optimizer, resume: bool) -> _Clock:
     return _Clock(**state["clock"])
 
 
+def _build_model(
+    cfg: ExperimentConfig, train_cuts: CutSet, init_weights: dict[str, Tensor] | None, device: torch.device
+) -> ImputerModel:
+    torch.set_num_threads(cfg.train.num_threads)
+    _seed_everything(cfg.train.seed)
+    model = ImputerModel(cfg.model)
+    if init_weights is not None:
+        model.load_state_dict(init_weights)
+    else:
+        model.set_feature_stats(*feature_stats(train_cuts))
+    log.info("model: %.2fM parameters", model.num_parameters() / 1e6)
+    return model.to(device)
+
+
+def _epoch_loader(
+    cfg: ExperimentConfig,
+    train_cuts: CutSet,
+    tokenizer: Tokenizer,
+    epoch: int,
+    sort: bool,
+    parallel: Parallel,
+):
+    """This rank's share of an epoch: every rank draws the same shuffle (seeded by the epoch) and
+    takes every ``world_size``-th batch of it."""
+    data_cfg = cfg.data
+    if epoch < cfg.data.spec_augment_from_epoch:
+        data_cfg = replace(data_cfg, spec_augment=False)
+    return make_loader(
+        train_cuts,
+        tokenizer,
+        data_cfg,
+        train=True,
+        sort_by_duration=sort and epoch == 1,
+        seed=cfg.train.seed + epoch,
+        world_size=parallel.world_size,
+        rank=parallel.rank,
+    )
+
+
+def _save_epoch(
+    exp_dir: Path,
+    model: ImputerModel,
+    optimizer,
+    cfg: ExperimentConfig,
+    clock: _Clock,
+    metrics,
+    trained_as: str,
+) -> None:
+    """``epoch-<n>.pt`` with the bare model's weights, so any number of processes can resume from it."""
+    atomic_save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "config": config_to_dict(cfg),
+            "clock": vars(clock).copy(),
+            "metrics": metrics,
+            "trained_as": trained_as,
+        },
+        exp_dir / f"epoch-{clock.epoch}.pt",
+    )
+
+
 def fit(
     cfg: ExperimentConfig,
     exp_dir: Path,
@@ -240,83 +345,100 @@ def fit(
 
     ``trained_as`` ("ctc" or "imputer") is stored in every checkpoint and, by the package stage, in
     the packaged model, where it chooses the default decoder of ``imputer-asr transcribe``.
+    Under torchrun every rank calls this; rank 0 alone validates and writes the experiment
+    directory while the others wait (see :mod:`imputer_asr.distributed`).
     """
     exp_dir = Path(exp_dir)
     exp_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, exp_dir / "config.json")
-    torch.set_num_threads(cfg.train.num_threads)
-    _seed_everything(cfg.train.seed)
-    model = ImputerModel(cfg.model)
-    if init_weights is not None:
-        model.load_state_dict(init_weights)
-    else:
-        model.set_feature_stats(*feature_stats(train_cuts))
-    log.info("model: %.2fM parameters", model.num_parameters() / 1e6)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=cfg.train.peak_lr, weight_decay=cfg.train.weight_decay
-    )
-    clock = _restore(exp_dir, model, optimizer, resume)
-    total_steps = _count_batches(train_cuts, cfg) * cfg.train.epochs
-    json_log = _JsonLog(exp_dir / "train_log.jsonl")
+    parallel = init_parallel(cfg.train)
+    try:
+        if parallel.is_main:
+            save_config(cfg, exp_dir / "config.json")
+        else:
+            logging.getLogger("imputer_asr").setLevel(logging.WARNING)
+        model = _build_model(cfg, train_cuts, init_weights, parallel.device)
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=cfg.train.peak_lr, weight_decay=cfg.train.weight_decay
+        )
+        clock = _restore(exp_dir, model, optimizer, resume)
+        runner = ParallelObjective(model, objective, parallel, bf16=cfg.train.bf16)
+        _train_epochs(
+            cfg,
+            exp_dir,
+            train_cuts,
+            dev_cuts,
+            tokenizer,
+            runner,
+            optimizer,
+            clock,
+            decoder,
+            trained_as,
+            sort=cfg.train.sort_first_epoch and init_weights is None,
+        )
+    finally:
+        parallel.close()
+    return model
+
+
+def _train_epochs(
+    cfg: ExperimentConfig,
+    exp_dir: Path,
+    train_cuts: CutSet,
+    dev_cuts: CutSet,
+    tokenizer: Tokenizer,
+    runner: ParallelObjective,
+    optimizer: torch.optim.Optimizer,
+    clock: _Clock,
+    decoder: Decoder,
+    trained_as: str,
+    sort: bool,
+) -> None:
+    """The epochs still to train, each followed by validation and a checkpoint (rank 0)."""
+    model, objective, parallel = runner.model, runner.objective, runner.parallel
+    total_steps = _count_batches(train_cuts, cfg, parallel.world_size) * cfg.train.epochs
+    json_log = _JsonLog(exp_dir / "train_log.jsonl" if parallel.is_main else None)
     done = exp_dir / "train.done"
     if clock.epoch >= cfg.train.epochs:
         log.info("%s: %d epochs already trained", exp_dir, clock.epoch)
     last_valid: dict = {}
-    while clock.epoch < cfg.train.epochs:
-        clock.epoch += 1
-        _seed_everything(cfg.train.seed + clock.epoch)
-        sort_first = cfg.train.sort_first_epoch and clock.epoch == 1 and init_weights is None
-        data_cfg = cfg.data
-        if clock.epoch < cfg.data.spec_augment_from_epoch:
-            data_cfg = replace(data_cfg, spec_augment=False)
-        loader = make_loader(
-            train_cuts,
-            tokenizer,
-            data_cfg,
-            train=True,
-            sort_by_duration=sort_first,
-            seed=cfg.train.seed + clock.epoch,
-        )
 
-        def validate_now() -> dict[str, float]:
-            if last_valid.get("step") == clock.step:  # valid_every just ran at the epoch's last step
-                return last_valid["metrics"]
-            metrics = validate(model, tokenizer, dev_cuts, objective, decoder)
-            record = {"kind": "valid", "epoch": clock.epoch, "step": clock.step}
-            json_log.write({**record, "wall_time": round(clock.wall_time, 2), **metrics})
-            last_valid.update(step=clock.step, metrics=metrics)
-            return metrics
+    def validate_now() -> dict[str, float]:
+        if last_valid.get("step") == clock.step:  # valid_every just ran at the epoch's last step
+            return last_valid["metrics"]
+        metrics = validate(model, tokenizer, dev_cuts, objective, decoder)
+        record = {"kind": "valid", "epoch": clock.epoch, "step": clock.step}
+        json_log.write({**record, "wall_time": round(clock.wall_time, 2), **metrics})
+        last_valid.update(step=clock.step, metrics=metrics)
+        return metrics
 
-        def every_step() -> None:
-            if cfg.train.valid_every and clock.step % cfg.train.valid_every == 0:
+    def every_step() -> None:
+        if cfg.train.valid_every and clock.step % cfg.train.valid_every == 0:
+            if parallel.is_main:
                 metrics = validate_now()
                 log.info("step %d: dev WER %.2f%%", clock.step, 100 * metrics["wer"])
+            parallel.barrier()
 
+    while clock.epoch < cfg.train.epochs:
+        clock.epoch += 1
+        # Rank 0 draws what a single process draws; the others differ (dropout, SpecAugment).
+        _seed_everything(cfg.train.seed + clock.epoch + 100_003 * parallel.rank)
+        loader = _epoch_loader(cfg, train_cuts, tokenizer, clock.epoch, sort, parallel)
         train_one_epoch(
-            model, optimizer, loader, objective, clock, total_steps, cfg.train, json_log, every_step
+            model, optimizer, loader, objective, clock, total_steps, cfg.train, json_log, every_step, runner
         )
-        metrics = validate_now()
-        log.info(
-            "epoch %d: dev loss %.3f, WER %.2f%%, CER %.2f%%, %.1f min of training, %.0f s audio/s",
-            clock.epoch,
-            metrics["loss"],
-            100 * metrics["wer"],
-            100 * metrics["cer"],
-            clock.wall_time / 60,
-            clock.audio_seconds / max(clock.wall_time, 1e-9),
-        )
-        atomic_save(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "config": config_to_dict(cfg),
-                "clock": vars(clock).copy(),
-                "metrics": metrics,
-                "trained_as": trained_as,
-            },
-            exp_dir / f"epoch-{clock.epoch}.pt",
-        )
-        done.unlink(missing_ok=True)
-    if not done.exists():
+        if parallel.is_main:
+            metrics = validate_now()
+            log.info(
+                "epoch %d: dev loss %.3f, WER %.2f%%, CER %.2f%%, %.1f min of training, %.0f s audio/s",
+                clock.epoch,
+                metrics["loss"],
+                100 * metrics["wer"],
+                100 * metrics["cer"],
+                clock.wall_time / 60,
+                clock.audio_seconds / max(clock.wall_time, 1e-9),
+            )
+            _save_epoch(exp_dir, model, optimizer, cfg, clock, metrics, trained_as)
+            done.unlink(missing_ok=True)
+        parallel.barrier()
+    if parallel.is_main and not done.exists():
         done.write_text(json.dumps({"epochs": clock.epoch, "wall_time": clock.wall_time}) + "\n")
-    return model
