@@ -46,6 +46,12 @@ test: install ## run the test suite (slow end-to-end tests excluded)
 test-all: install ## run every test, slow ones included
 	$(PY) -m pytest -q --doctest-modules imputer_asr tests
 
+bench: $(VENV)/.installed ## imputer_loss vs ctc_loss speed; transcription RTF of the demo models (after make demo)
+	OMP_NUM_THREADS=2 $(PY) benchmarks/loss_speed.py
+	@for m in recipes/synth/exp/imputer/model.pt recipes/synth/exp/imputer-inject3/model.pt; do \
+	  if [ -f $$m ]; then $(PY) benchmarks/transcribe_speed.py --model $$m data/synth/demo/corpus/test --threads 2 --steps 8; \
+	  else echo "$$m: not trained yet; run make demo first"; fi; done
+
 lint: $(VENV)/.installed ## ruff lint and format check
 	$(VENV)/bin/ruff check imputer_asr tests benchmarks
 	$(VENV)/bin/ruff format --check imputer_asr tests benchmarks

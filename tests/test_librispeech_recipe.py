@@ -91,7 +91,7 @@ def test_recipe_end_to_end(tiny_librispeech, tmp_path):
         "VOCAB=40",
         "SPEED_PERTURB=0",
         "JOBS=1",
-        "STEPS=8",
+        "STEPS=1 8",
         timeout=900,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
