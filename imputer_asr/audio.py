@@ -16,6 +16,7 @@ so an hour of audio takes the memory of one window. Problems with an input raise
 
 from __future__ import annotations
 
+import abc
 import math
 import os
 from collections.abc import Iterable
@@ -68,7 +69,7 @@ def find_audio(paths: Iterable[str | os.PathLike]) -> list[str]:
     return found
 
 
-class AudioSource:
+class AudioSource(abc.ABC):
     """One recording: its name, native rate and length; :meth:`read` returns spans at any rate."""
 
     def __init__(self, name: str, sample_rate: int, num_samples: int) -> None:
@@ -96,9 +97,9 @@ class AudioSource:
             mono = torchaudio.functional.resample(mono, self.sample_rate, sample_rate)
         return mono.numpy()
 
+    @abc.abstractmethod
     def _read_channels(self, start: int, stop: int) -> np.ndarray:
         """(channels, stop - start) float32 at the native rate."""
-        raise NotImplementedError
 
 
 class _FileSource(AudioSource):

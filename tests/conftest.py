@@ -6,6 +6,7 @@ are skipped with a clear reason when those tools are missing.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from imputer_asr.config import FeatureConfig
+from imputer_asr.config import FeatureConfig, ModelConfig
 from imputer_asr.prepare import compute_fbank, manifest_texts, prepare_manifests
 from imputer_asr.tokenizer import Tokenizer, train_tokenizer
 
@@ -34,6 +35,44 @@ class TinyCorpus:
 @pytest.fixture(autouse=True)
 def _two_threads():
     torch.set_num_threads(2)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for this test (tiny models run faster without it), restored afterwards.
+
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_config():
+    """Factory of the smallest conformer the tests package: 20 mel bins, 2 blocks of d_model 16.
+
+    ``tiny_model_config(tokenizer, **changes)`` takes the special ids from ``tokenizer``.
+    """
+
+    def make(tokenizer: Tokenizer, **changes) -> ModelConfig:
+        base = ModelConfig(
+            vocab_size=tokenizer.vocab_size,
+            blank_id=tokenizer.blank_id,
+            mask_id=tokenizer.mask_id,
+            input_dim=20,
+            subsampling_channels=4,
+            d_model=16,
+            num_heads=2,
+            ff_dim=32,
+            num_layers=2,
+            conv_kernel=3,
+            inject_layer=1,
+        )
+        return dataclasses.replace(base, **changes)
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -23,13 +23,7 @@ from imputer_asr.config import ExperimentConfig, ModelConfig, TrainConfig, confi
 from imputer_asr.model import ImputerModel
 from imputer_asr.tokenizer import Tokenizer, train_tokenizer
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -38,21 +32,9 @@ def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
     return train_tokenizer(texts, tmp_path_factory.mktemp("bpe") / "bpe.model", vocab_size=40)
 
 
-def _experiment(tokenizer: Tokenizer) -> ExperimentConfig:
-    model = ModelConfig(
-        vocab_size=tokenizer.vocab_size,
-        blank_id=tokenizer.blank_id,
-        mask_id=tokenizer.mask_id,
-        input_dim=20,
-        subsampling_channels=4,
-        d_model=16,
-        num_heads=2,
-        ff_dim=32,
-        num_layers=2,
-        conv_kernel=3,
-        inject_layer=1,
-    )
-    return ExperimentConfig(model=model, train=TrainConfig(epochs=2))
+@pytest.fixture(scope="module")
+def experiment(tokenizer: Tokenizer, tiny_model_config) -> ExperimentConfig:
+    return ExperimentConfig(model=tiny_model_config(tokenizer), train=TrainConfig(epochs=2))
 
 
 # --- atomic_save ---------------------------------------------------------------------------------
@@ -168,8 +150,7 @@ def test_average_checkpoints_errors(tmp_path: Path) -> None:
 # --- package_model / load_packaged ------------------------------------------------------------------
 
 
-def _packaged_file(tmp_path: Path, tokenizer: Tokenizer) -> tuple[Path, ImputerModel]:
-    cfg = _experiment(tokenizer)
+def _packaged_file(tmp_path: Path, tokenizer: Tokenizer, cfg: ExperimentConfig) -> tuple[Path, ImputerModel]:
     torch.manual_seed(0)
     model = ImputerModel(cfg.model).eval()
     out = tmp_path / "model.pt"
@@ -177,15 +158,15 @@ def _packaged_file(tmp_path: Path, tokenizer: Tokenizer) -> tuple[Path, ImputerM
     return out, model
 
 
-def test_package_round_trip(tmp_path: Path, tokenizer: Tokenizer) -> None:
-    out, model = _packaged_file(tmp_path, tokenizer)
+def test_package_round_trip(tmp_path: Path, tokenizer: Tokenizer, experiment: ExperimentConfig) -> None:
+    out, model = _packaged_file(tmp_path, tokenizer, experiment)
     raw = torch.load(out, map_location="cpu", weights_only=True)
     assert raw["format"] == checkpoint.PACKAGE_FORMAT
-    assert raw["config"] == config_to_dict(_experiment(tokenizer))
+    assert raw["config"] == config_to_dict(experiment)
 
     packaged = load_packaged(out)
     assert not packaged.model.training
-    assert packaged.config == _experiment(tokenizer)
+    assert packaged.config == experiment
     assert packaged.info == {"averaged": ["epoch-1.pt", "epoch-2.pt"]}
     assert packaged.tokenizer.model_proto == tokenizer.model_proto
     assert packaged.tokenizer.encode("THE CAT RAN") == tokenizer.encode("THE CAT RAN")
@@ -210,8 +191,7 @@ class _RunsCodeWhenUnpickled:
         return (open, (self.marker, "w"))
 
 
-def _write_case(case: str, path: Path, tmp_path: Path, tokenizer: Tokenizer) -> None:
-    cfg = _experiment(tokenizer)
+def _write_case(case: str, path: Path, tmp_path: Path, tokenizer: Tokenizer, cfg: ExperimentConfig) -> None:
     state = ImputerModel(cfg.model).state_dict()
     if case == "zero-byte":
         path.write_bytes(b"")
@@ -260,12 +240,14 @@ def _write_case(case: str, path: Path, tmp_path: Path, tokenizer: Tokenizer) -> 
         "plain-pickle-runs-code",
     ],
 )
-def test_load_packaged_rejects_with_the_path(case: str, tmp_path: Path, tokenizer: Tokenizer) -> None:
+def test_load_packaged_rejects_with_the_path(
+    case: str, tmp_path: Path, tokenizer: Tokenizer, experiment: ExperimentConfig
+) -> None:
     path = tmp_path / "model.pt"
     if case == "directory":
         path.mkdir()
     elif case != "missing":
-        _write_case(case, path, tmp_path, tokenizer)
+        _write_case(case, path, tmp_path, tokenizer, experiment)
     with pytest.raises(ValueError) as info:
         load_packaged(path)
     assert str(path) in str(info.value)
@@ -288,8 +270,10 @@ def test_code_running_pickle_is_real(tmp_path: Path) -> None:
         ("model", torch.zeros(3)),
     ],
 )
-def test_load_packaged_malformed_field(key: str, value: object, tmp_path: Path, tokenizer: Tokenizer) -> None:
-    path, _ = _packaged_file(tmp_path, tokenizer)
+def test_load_packaged_malformed_field(
+    key: str, value: object, tmp_path: Path, tokenizer: Tokenizer, experiment: ExperimentConfig
+) -> None:
+    path, _ = _packaged_file(tmp_path, tokenizer, experiment)
     obj = torch.load(path, weights_only=True)
     obj[key] = value
     torch.save(obj, path)

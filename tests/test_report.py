@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from imputer_asr.cli import main
-from imputer_asr.config import ExperimentConfig, ModelConfig
+from imputer_asr.config import ExperimentConfig
 from imputer_asr.imputer_decode import ImputerResult
 from imputer_asr.report import (
     ResultRow,
@@ -27,12 +27,7 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _TEXTS = ["THE CAT SAT ON THE MAT", "A DOG RAN IN THE PARK", "THE SUN IS UP"] * 20
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -209,23 +204,11 @@ def _cuts_with_features(tmp_path: Path, mel_bins: int) -> Path:
     return path
 
 
-def test_show_imputation(tmp_path: Path, tokenizer: Tokenizer) -> None:
+def test_show_imputation(tmp_path: Path, tokenizer: Tokenizer, tiny_model_config) -> None:
     from imputer_asr.checkpoint import package_model
     from imputer_asr.model import ImputerModel
 
-    model_cfg = ModelConfig(
-        vocab_size=tokenizer.vocab_size,
-        blank_id=tokenizer.blank_id,
-        mask_id=tokenizer.mask_id,
-        input_dim=20,
-        subsampling_channels=4,
-        d_model=16,
-        num_heads=2,
-        ff_dim=32,
-        num_layers=2,
-        conv_kernel=3,
-        inject_layer=1,
-    )
+    model_cfg = tiny_model_config(tokenizer)
     torch.manual_seed(0)
     package_model(
         ImputerModel(model_cfg).state_dict(),

@@ -51,12 +51,7 @@ WINDOWS = TranscribeOptions(window_seconds=4.0, overlap_seconds=2.0, batch_secon
 TIME_TOLERANCE = 0.081  # two encoder frames
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @dataclass(frozen=True)
