@@ -121,7 +121,14 @@ def _add_fbank(sub) -> None:
     p.add_argument("--out-dir", type=Path, required=True)
     p.add_argument("--bpe", type=Path, required=True, help="tokenizer, to filter unalignable cuts")
     p.add_argument("--part", nargs="+", required=True, help="one or more parts, each with these options")
-    p.add_argument("--augment", action="store_true", help="speed perturbation 0.9/1.1 and noise")
+    p.add_argument("--augment", action="store_true", help="add speed-perturbed copies and noise")
+    p.add_argument(
+        "--speeds",
+        type=float,
+        nargs="*",
+        default=[0.9, 1.1],
+        help="speed factors of the copies (none: no copies)",
+    )
     p.add_argument("--noise-prob", type=float, default=0.5)
     p.add_argument("--max-duration", type=float, default=30.0, help="drop longer cuts (seconds)")
     p.add_argument("--jobs", type=int, default=2)
@@ -146,6 +153,7 @@ def _run_fbank(args) -> None:
             tokenizer,
             FeatureConfig(),
             augment=args.augment,
+            speeds=args.speeds,
             noise=NoiseAugment(prob=args.noise_prob) if args.noise_prob > 0 else None,
             max_duration=args.max_duration,
             num_jobs=args.jobs,

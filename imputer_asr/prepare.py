@@ -226,8 +226,8 @@ def compute_fbank(
 ) -> Path:
     """Compute and store 80-dim fbank for one part; returns the path of its cuts with features.
 
-    With ``augment``, speed-perturbed copies (``speeds``) are added and ``noise`` is mixed into
-    every copy's waveform before its features are computed.
+    With ``augment``, speed-perturbed copies (``speeds``; empty for none) are added and ``noise``
+    is mixed into a fraction of the waveforms, originals and copies, before their features are computed.
     """
     output_dir = Path(output_dir)
     out = output_dir / f"cuts_{part}_fbank.jsonl.gz"
@@ -237,6 +237,9 @@ def compute_fbank(
     path = _cuts_path(manifest_dir, part)
     if not path.is_file():
         raise ValueError(f"{path}: no such manifest; run the manifests stage first")
+    bad_speeds = [s for s in speeds if not 0.5 <= s <= 2.0 or s == 1.0]
+    if bad_speeds:
+        raise ValueError(f"speed factors must be in [0.5, 2] and not 1, got {bad_speeds}")
     cuts = CutSet.from_file(path).to_eager()
     if augment:
         cuts = cuts + CutSet.from_cuts(c for s in speeds for c in cuts.perturb_speed(s))
