@@ -28,6 +28,7 @@ __all__ = [
     "collapse_alignment",
     "ctc_greedy_search",
     "decode_cuts",
+    "batch_hypotheses",
     "Hypothesis",
 ]
 
@@ -83,8 +84,11 @@ def decode_cuts(
         log_probs, lengths = model(batch["features"].to(device), batch["feature_lengths"].to(device))
         ids = ctc_greedy_search(log_probs, lengths, tokenizer.blank_id)
         elapsed += time.perf_counter() - start
-        for cut_id, ref, dur, seq in zip(
-            batch["cut_ids"], batch["texts"], batch["durations"], ids, strict=True
-        ):
-            hyps.append(Hypothesis(cut_id, ref, tokenizer.decode(seq), dur))
+        hyps += batch_hypotheses(batch, ids, tokenizer)
     return hyps, elapsed
+
+
+def batch_hypotheses(batch: dict, ids: Sequence[Sequence[int]], tokenizer: Tokenizer) -> list[Hypothesis]:
+    """One Hypothesis per utterance of a batch, from its decoded token ids."""
+    fields = zip(batch["cut_ids"], batch["texts"], batch["durations"], ids, strict=True)
+    return [Hypothesis(cut_id, ref, tokenizer.decode(seq), dur) for cut_id, ref, dur, seq in fields]

@@ -38,7 +38,7 @@ from torch import Tensor
 
 from imputer_asr.config import DataConfig
 from imputer_asr.dataset import make_loader
-from imputer_asr.decode import Hypothesis, collapse_alignment
+from imputer_asr.decode import Hypothesis, batch_hypotheses, collapse_alignment
 from imputer_asr.model import ImputerModel, padding_mask
 from imputer_asr.tokenizer import Tokenizer
 
@@ -253,8 +253,5 @@ def decode_cuts_imputer(
         elapsed += time.perf_counter() - start
         evaluations += result.evaluations
         batches += 1
-        for cut_id, ref, dur, seq in zip(
-            batch["cut_ids"], batch["texts"], batch["durations"], result.tokens, strict=True
-        ):
-            hyps.append(Hypothesis(cut_id, ref, tokenizer.decode(seq), dur))
+        hyps += batch_hypotheses(batch, result.tokens, tokenizer)
     return ImputerDecoding(hyps, elapsed, evaluations, batches)

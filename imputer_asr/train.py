@@ -29,7 +29,7 @@ from tqdm import tqdm
 from imputer_asr.checkpoint import atomic_save, epoch_checkpoints, load_file
 from imputer_asr.config import DataConfig, ExperimentConfig, TrainConfig, config_to_dict, save_config
 from imputer_asr.dataset import make_loader
-from imputer_asr.decode import Hypothesis, decode_cuts
+from imputer_asr.decode import Hypothesis, batch_hypotheses, ctc_greedy_search
 from imputer_asr.distributed import Parallel, ParallelObjective, init_parallel, to_device
 from imputer_asr.losses import ctc_loss
 from imputer_asr.model import ImputerModel
@@ -47,16 +47,14 @@ Objective = Callable[[ImputerModel, dict], tuple[Tensor, int]]
 def ctc_objective(model: ImputerModel, batch: dict) -> tuple[Tensor, int]:
     """CTC loss of the all-[MASK] network."""
     log_probs, lengths = model(batch["features"], batch["feature_lengths"])
-    loss = ctc_loss(
-        log_probs,
-        batch["targets"],
-        lengths,
-        batch["target_lengths"],
-        blank=model.cfg.blank_id,
-        reduction="none",
-    )
-    loss = torch.where(torch.isfinite(loss), loss, torch.zeros_like(loss))
-    return loss.sum(), int(batch["target_lengths"].sum())
+    return _ctc_loss_sum(log_probs, lengths, batch, model.cfg.blank_id), int(batch["target_lengths"].sum())
+
+
+def _ctc_loss_sum(log_probs: Tensor, lengths: Tensor, batch: dict, blank: int) -> Tensor:
+    """Summed CTC loss of a batch; an utterance no path can explain contributes 0, not inf."""
+    targets, target_lengths = batch["targets"], batch["target_lengths"]
+    loss = ctc_loss(log_probs, targets, lengths, target_lengths, blank=blank, reduction="none")
+    return torch.where(torch.isfinite(loss), loss, torch.zeros_like(loss)).sum()
 
 
 def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
@@ -188,27 +186,36 @@ Decoder = Callable[[ImputerModel, Tokenizer, CutSet], list[Hypothesis]]
 """(model, tokenizer, cuts) -> hypotheses, used for the dev WER during training."""
 
 
-def ctc_greedy_decoder(model: ImputerModel, tokenizer: Tokenizer, cuts: CutSet) -> list[Hypothesis]:
-    return decode_cuts(model, tokenizer, cuts)[0]
-
-
 @torch.inference_mode()
 def validate(
     model: ImputerModel,
     tokenizer: Tokenizer,
     cuts: CutSet,
     objective: Objective,
-    decoder: Decoder = ctc_greedy_decoder,
+    decoder: Decoder | None = None,
 ) -> dict[str, float]:
-    """Dev loss per token and the decoder's WER/CER (fractions)."""
+    """Dev loss per token and the decoder's WER/CER (fractions).
+
+    Without ``decoder`` the model is scored as a CTC model: the CTC loss and greedy search come from
+    one forward pass over dev (``objective`` is not used).
+    """
     model.eval()
     total, tokens = 0.0, 0
+    hyps: list[Hypothesis] = []
     device = next(model.parameters()).device
     for batch in make_loader(cuts, tokenizer, DataConfig(max_duration=200.0), train=False):
         batch = to_device(batch, device)
-        loss_sum, num_tokens = objective(model, batch)
+        if decoder is None:
+            log_probs, lengths = model(batch["features"], batch["feature_lengths"])
+            loss_sum = _ctc_loss_sum(log_probs, lengths, batch, model.cfg.blank_id)
+            num_tokens = int(batch["target_lengths"].sum())
+            ids = ctc_greedy_search(log_probs, lengths, tokenizer.blank_id)
+            hyps += batch_hypotheses(batch, ids, tokenizer)
+        else:
+            loss_sum, num_tokens = objective(model, batch)
         total, tokens = total + float(loss_sum), tokens + num_tokens
-    hyps = decoder(model, tokenizer, cuts)
+    if decoder is not None:
+        hyps = decoder(model, tokenizer, cuts)
     report = score([(h.cut_id, h.ref, h.hyp) for h in hyps])
     return {"loss": total / max(tokens, 1), "wer": report.wer, "cer": report.cer}
 
@@ -338,7 +345,7 @@ def fit(
     objective: Objective = ctc_objective,
     init_weights: dict[str, Tensor] | None = None,
     resume: bool = True,
-    decoder: Decoder = ctc_greedy_decoder,
+    decoder: Decoder | None = None,
     trained_as: str = "ctc",
 ) -> ImputerModel:
     """Train, validate and checkpoint every epoch; returns the trained model.
@@ -389,7 +396,7 @@ def _train_epochs(
     runner: ParallelObjective,
     optimizer: torch.optim.Optimizer,
     clock: _Clock,
-    decoder: Decoder,
+    decoder: Decoder | None,
     trained_as: str,
     sort: bool,
 ) -> None:

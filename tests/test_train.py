@@ -10,7 +10,9 @@ from lhotse import CutSet
 
 from imputer_asr.checkpoint import epoch_checkpoints, load_file
 from imputer_asr.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
-from imputer_asr.train import fit
+from imputer_asr.decode import decode_cuts
+from imputer_asr.model import ImputerModel
+from imputer_asr.train import ctc_objective, fit, validate
 
 
 def _config(tok, epochs: int) -> ExperimentConfig:
@@ -79,3 +81,17 @@ def test_refuses_to_overwrite_without_resume(tiny_corpus, cuts, tmp_path):
     fit(_config(tok, 1), tmp_path / "exp", train, dev, tok)
     with pytest.raises(ValueError, match="--resume"):
         fit(_config(tok, 2), tmp_path / "exp", train, dev, tok, resume=False)
+
+
+def test_ctc_validation_in_one_pass_equals_loss_then_decoding(tiny_corpus, cuts):
+    """validate() without a decoder takes the CTC loss and greedy search from one forward pass; it must
+    report what the loss pass plus a separate greedy decoding of dev report."""
+    torch.manual_seed(3)
+    tok = tiny_corpus.tokenizer
+    model = ImputerModel(_config(tok, epochs=1).model)
+    model.output.bias.data[tok.blank_id] = -2.0  # a random model that emits tokens, so WER < 100 %
+    _, dev = cuts
+    one_pass = validate(model, tok, dev, ctc_objective)
+    two_passes = validate(model, tok, dev, ctc_objective, lambda m, t, c: decode_cuts(m, t, c)[0])
+    assert one_pass == pytest.approx(two_passes, rel=1e-6)
+    assert 0 < one_pass["cer"] and one_pass["loss"] > 0
