@@ -41,19 +41,23 @@ def test_noise_prob_zero_leaves_audio_untouched() -> None:
     assert np.array_equal(NoiseAugment(prob=0.0)(wave, 16000), wave)
 
 
-@pytest.mark.parametrize("speeds", [(), (0.9,), (0.9, 1.1)])
-def test_augmented_fbank_adds_one_copy_per_speed(tiny_corpus, tmp_path: Path, speeds: tuple[float, ...]):
-    out = compute_fbank(
+def _augmented_dev_fbank(tiny_corpus, out_dir: Path, speeds, noise: NoiseAugment | None = None) -> Path:
+    return compute_fbank(
         tiny_corpus.manifest_dir,
         "dev",
-        tmp_path,
+        out_dir,
         tiny_corpus.tokenizer,
         FeatureConfig(),
         augment=True,
         speeds=speeds,
-        noise=NoiseAugment(prob=0.5),
+        noise=noise,
         num_jobs=1,
     )
+
+
+@pytest.mark.parametrize("speeds", [(), (0.9,), (0.9, 1.1)])
+def test_augmented_fbank_adds_one_copy_per_speed(tiny_corpus, tmp_path: Path, speeds: tuple[float, ...]):
+    out = _augmented_dev_fbank(tiny_corpus, tmp_path, speeds, NoiseAugment(prob=0.5))
     plain = {c.id: c for c in CutSet.from_file(tiny_corpus.fbank_cuts("dev"))}
     cuts = {c.id: c for c in CutSet.from_file(out)}
     assert len(cuts) == len(plain) * (1 + len(speeds))
@@ -69,14 +73,5 @@ def test_augmented_fbank_adds_one_copy_per_speed(tiny_corpus, tmp_path: Path, sp
 @pytest.mark.parametrize("speeds", [(1.0,), (0.0,), (3.0,)])
 def test_bad_speed_factors_are_refused(tiny_corpus, tmp_path: Path, speeds: tuple[float, ...]) -> None:
     with pytest.raises(ValueError, match="speed factors"):
-        compute_fbank(
-            tiny_corpus.manifest_dir,
-            "dev",
-            tmp_path,
-            tiny_corpus.tokenizer,
-            FeatureConfig(),
-            augment=True,
-            speeds=speeds,
-            num_jobs=1,
-        )
+        _augmented_dev_fbank(tiny_corpus, tmp_path, speeds)
     assert not list(tmp_path.iterdir())
