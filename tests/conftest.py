@@ -6,7 +6,6 @@ are skipped with a clear reason when those tools are missing.
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +48,13 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def _model_config(tokenizer: Tokenizer, **fields) -> ModelConfig:
+    """A ModelConfig with the special ids of ``tokenizer``."""
+    return ModelConfig(
+        vocab_size=tokenizer.vocab_size, blank_id=tokenizer.blank_id, mask_id=tokenizer.mask_id, **fields
+    )
+
+
 @pytest.fixture(scope="session")
 def tiny_model_config():
     """Factory of the smallest conformer the tests package: 20 mel bins, 2 blocks of d_model 16.
@@ -57,20 +63,20 @@ def tiny_model_config():
     """
 
     def make(tokenizer: Tokenizer, **changes) -> ModelConfig:
-        base = ModelConfig(
-            vocab_size=tokenizer.vocab_size,
-            blank_id=tokenizer.blank_id,
-            mask_id=tokenizer.mask_id,
-            input_dim=20,
-            subsampling_channels=4,
-            d_model=16,
-            num_heads=2,
-            ff_dim=32,
-            num_layers=2,
-            conv_kernel=3,
-            inject_layer=1,
-        )
-        return dataclasses.replace(base, **changes)
+        tiny = dict(input_dim=20, subsampling_channels=4, d_model=16, num_heads=2, ff_dim=32, num_layers=2)
+        return _model_config(tokenizer, **{**tiny, "conv_kernel": 3, "inject_layer": 1, **changes})
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def small_model_config():
+    """Factory of a small conformer over the tiny corpus's 80-dim fbank: 2 blocks of d_model 32, for
+    training tests. ``small_model_config(tokenizer, **changes)``."""
+
+    def make(tokenizer: Tokenizer, **changes) -> ModelConfig:
+        small = dict(d_model=32, num_heads=2, ff_dim=64, num_layers=2)
+        return _model_config(tokenizer, **{**small, **changes})
 
     return make
 

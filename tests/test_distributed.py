@@ -26,17 +26,7 @@ from imputer_asr.tokenizer import Tokenizer
 from imputer_asr.train import fit
 
 
-def _config(tok: Tokenizer, accum_grad: int) -> ExperimentConfig:
-    model = ModelConfig(
-        vocab_size=tok.vocab_size,
-        blank_id=tok.blank_id,
-        mask_id=tok.mask_id,
-        d_model=32,
-        num_heads=2,
-        ff_dim=64,
-        num_layers=2,
-        dropout=0.0,
-    )
+def _config(model: ModelConfig, accum_grad: int) -> ExperimentConfig:
     data = DataConfig(max_duration=5.0, num_workers=0, spec_augment=False)
     train = TrainConfig(
         epochs=1, steps_per_epoch=2, warmup_steps=1, log_every=1, num_threads=1, accum_grad=accum_grad
@@ -63,18 +53,19 @@ def _rank_main(rank: int, world_size: int, port: int, cfg, bpe: Path, cuts: tupl
     fit(cfg, exp, train, dev, Tokenizer.from_file(bpe))
 
 
-def test_two_processes_match_one_with_accumulation(tiny_corpus, tmp_path):
+def test_two_processes_match_one_with_accumulation(tiny_corpus, small_model_config, tmp_path):
     tok = tiny_corpus.tokenizer
     bpe = tiny_corpus.manifest_dir.parent / "bpe.model"
     paths = (tiny_corpus.fbank_cuts("train"), tiny_corpus.fbank_cuts("dev"))
     train, dev = (CutSet.from_file(p).to_eager() for p in paths)
 
+    model = small_model_config(tok, dropout=0.0)
     start = time.perf_counter()
-    single = fit(_config(tok, accum_grad=2), tmp_path / "one", train, dev, tok)
+    single = fit(_config(model, accum_grad=2), tmp_path / "one", train, dev, tok)
     one_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    cfg = _config(tok, accum_grad=1)
+    cfg = _config(model, accum_grad=1)
     mp.spawn(_rank_main, args=(2, _free_port(), cfg, bpe, paths, tmp_path / "two"), nprocs=2, join=True)
     two_seconds = time.perf_counter() - start
     print(f"\n1 process, accum_grad=2: {one_seconds:.1f} s; 2 processes (gloo): {two_seconds:.1f} s")

@@ -15,19 +15,15 @@ from imputer_asr.model import ImputerModel
 from imputer_asr.train import ctc_objective, fit, validate
 
 
-def _config(tok, epochs: int) -> ExperimentConfig:
-    model = ModelConfig(
-        vocab_size=tok.vocab_size,
-        blank_id=tok.blank_id,
-        mask_id=tok.mask_id,
-        d_model=32,
-        num_heads=2,
-        ff_dim=64,
-        num_layers=2,
-    )
+def _config(model: ModelConfig, epochs: int) -> ExperimentConfig:
     data = DataConfig(max_duration=15.0, num_workers=0)
     train = TrainConfig(epochs=epochs, warmup_steps=2, log_every=1, num_threads=2)
     return ExperimentConfig(model=model, data=data, train=train)
+
+
+@pytest.fixture(scope="module")
+def model_cfg(tiny_corpus, small_model_config) -> ModelConfig:
+    return small_model_config(tiny_corpus.tokenizer)
 
 
 @pytest.fixture(scope="module")
@@ -37,16 +33,16 @@ def cuts(tiny_corpus):
     return train, dev
 
 
-def test_resume_continues_exactly(tiny_corpus, cuts, tmp_path):
+def test_resume_continues_exactly(tiny_corpus, model_cfg, cuts, tmp_path):
     tok = tiny_corpus.tokenizer
     train, dev = cuts
-    straight = fit(_config(tok, 2), tmp_path / "straight", train, dev, tok)
+    straight = fit(_config(model_cfg, 2), tmp_path / "straight", train, dev, tok)
 
-    fit(_config(tok, 1), tmp_path / "resumed", train, dev, tok)
+    fit(_config(model_cfg, 1), tmp_path / "resumed", train, dev, tok)
     # A second run asked for 2 epochs picks up after epoch 1. The schedule length differs between
     # the two calls (1 vs 2 epochs), so compare against a straight run of the same total length
     # only through the final epoch's data order and the checkpoint bookkeeping.
-    resumed = fit(_config(tok, 2), tmp_path / "resumed", train, dev, tok, resume=True)
+    resumed = fit(_config(model_cfg, 2), tmp_path / "resumed", train, dev, tok, resume=True)
 
     names = [p.name for p in epoch_checkpoints(tmp_path / "resumed")]
     assert names == ["epoch-1.pt", "epoch-2.pt"]
@@ -61,11 +57,11 @@ def test_resume_continues_exactly(tiny_corpus, cuts, tmp_path):
     assert set(straight.state_dict()) == set(resumed.state_dict())
 
 
-def test_resume_is_bitwise_identical_when_nothing_changes(tiny_corpus, cuts, tmp_path):
+def test_resume_is_bitwise_identical_when_nothing_changes(tiny_corpus, model_cfg, cuts, tmp_path):
     """Stopping after epoch 1 and resuming gives the same weights as never stopping."""
     tok = tiny_corpus.tokenizer
     train, dev = cuts
-    cfg = _config(tok, 2)
+    cfg = _config(model_cfg, 2)
     straight = fit(cfg, tmp_path / "a", train, dev, tok)
     fit(cfg, tmp_path / "b", train, dev, tok)
     (tmp_path / "b" / "epoch-2.pt").unlink()  # as if killed during epoch 2
@@ -75,20 +71,20 @@ def test_resume_is_bitwise_identical_when_nothing_changes(tiny_corpus, cuts, tmp
         assert torch.equal(value, resumed.state_dict()[name]), name
 
 
-def test_refuses_to_overwrite_without_resume(tiny_corpus, cuts, tmp_path):
+def test_refuses_to_overwrite_without_resume(tiny_corpus, model_cfg, cuts, tmp_path):
     tok = tiny_corpus.tokenizer
     train, dev = cuts
-    fit(_config(tok, 1), tmp_path / "exp", train, dev, tok)
+    fit(_config(model_cfg, 1), tmp_path / "exp", train, dev, tok)
     with pytest.raises(ValueError, match="--resume"):
-        fit(_config(tok, 2), tmp_path / "exp", train, dev, tok, resume=False)
+        fit(_config(model_cfg, 2), tmp_path / "exp", train, dev, tok, resume=False)
 
 
-def test_ctc_validation_in_one_pass_equals_loss_then_decoding(tiny_corpus, cuts):
+def test_ctc_validation_in_one_pass_equals_loss_then_decoding(tiny_corpus, model_cfg, cuts):
     """validate() without a decoder takes the CTC loss and greedy search from one forward pass; it must
     report what the loss pass plus a separate greedy decoding of dev report."""
     torch.manual_seed(3)
     tok = tiny_corpus.tokenizer
-    model = ImputerModel(_config(tok, epochs=1).model)
+    model = ImputerModel(model_cfg)
     model.output.bias.data[tok.blank_id] = -2.0  # a random model that emits tokens, so WER < 100 %
     _, dev = cuts
     one_pass = validate(model, tok, dev, ctc_objective)
