@@ -8,13 +8,17 @@ the alignments that agree with the frames the model was shown::
 
     loss_n = -log  sum_{a in B^-1(y_n), a_t = o_t for every observed t}  prod_{t masked} p_t(a_t)
 
-It is computed with torch's CTC forward-backward after replacing every observed frame's distribution
-by a point mass on its observed token: that frame then contributes a factor of one to the alignments
-that agree with it and of zero to the others, and it receives no gradient.
+It runs torch's CTC forward-backward kernels (``aten._ctc_loss``) on a compact copy of each
+utterance's log-probabilities: only the blank and the tokens of its own target can appear on a path,
+so the other classes are dropped (C falls from the vocabulary to about the target length), and every
+observed frame's distribution is replaced by a point mass on its observed token, which contributes a
+factor of one to the alignments that agree with it and of zero to the others. The backward scatters
+the compact gradient back to the full vocabulary.
 
-As with :func:`F.ctc_loss`, ``log_probs`` must come from ``log_softmax``: torch's CTC backward
-returns the gradient with respect to the logits' log-softmax (it adds exp(log_probs), which the
-log_softmax backward cancels), so the gradient is exact only through that log_softmax.
+Its gradient is the exact derivative of the loss with respect to ``log_probs`` (minus the posterior
+occupation of each frame and token), so it needs no ``log_softmax`` in front: torch's CTC backward
+instead returns that derivative plus exp(log_probs), which only a preceding log_softmax cancels.
+Through a log_softmax the two agree, and with every frame masked the loss equals :func:`F.ctc_loss`.
 
 >>> import torch
 >>> log_probs = torch.randn(1, 4, 3).log_softmax(-1)
@@ -27,7 +31,7 @@ torch.Size([1])
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
 from typing import Any
 
 import torch
@@ -40,9 +44,11 @@ __all__ = ["ctc_loss", "imputer_loss"]
 
 _REDUCTIONS = ("none", "mean", "sum")
 
-# Log-probability that stands for "impossible" in the dynamic program. It is finite so that the CTC
-# backward never computes (-inf) - (-inf) = NaN, and so large that a single use of it pushes an
-# utterance's loss past _INFEASIBLE_LOSS: such an utterance has no consistent alignment.
+# A masked frame's log-probabilities are clamped to _IMPOSSIBLE: finite, so that the CTC backward
+# never computes (-inf) - (-inf) = NaN there, and so large that a single use of it pushes an
+# utterance's loss past _INFEASIBLE_LOSS: such an utterance has no consistent alignment. The classes
+# an observed frame rules out get a true -inf, which the CTC kernels skip (about twice as fast as a
+# finite value); the NaN gradients they produce are at observed frames, which get zero anyway.
 _IMPOSSIBLE = -1.0e30
 _INFEASIBLE_LOSS = 1.0e29
 
@@ -123,21 +129,9 @@ def imputer_loss(
     observed = observed.to(log_probs.device)
     if log_probs.dtype in (torch.float16, torch.bfloat16):
         log_probs = log_probs.float()
-    restricted = _RestrictToObserved.apply(log_probs, observed)
-    nll = F.ctc_loss(
-        restricted.transpose(0, 1),
-        targets,
-        input_lengths,
-        target_lengths,
-        blank=blank,
-        reduction="none",
-        zero_infinity=True,  # only too-short utterances give inf here; their NaN gradient is zeroed
-    )
-    infeasible = (nll >= _INFEASIBLE_LOSS) | _too_short(targets, input_lengths, target_lengths)
-    if restricted.requires_grad and bool(infeasible.any()):
-        # The CTC backward of an infeasible utterance can overflow (inf * 0 = NaN) even though the
-        # loss below does not depend on it; its gradient is zero by definition.
-        restricted.register_hook(_zero_rows_hook(infeasible))
+    infeasible = _too_short(targets, input_lengths, target_lengths)
+    nll = _CompactImputerNLL.apply(log_probs, observed, targets, input_lengths, target_lengths, blank)
+    infeasible |= nll >= _INFEASIBLE_LOSS
     nll = torch.where(infeasible, 0.0 if zero_infinity else float("inf"), nll)
     return _reduce(nll, target_lengths, reduction)
 
@@ -155,38 +149,92 @@ def _to_device(
     )
 
 
-class _RestrictToObserved(torch.autograd.Function):
-    """Replace each observed frame's log-distribution by a point mass on its observed token.
+class _CompactImputerNLL(torch.autograd.Function):
+    """Per-utterance negative log-likelihood over the alignments that agree with ``observed``.
 
-    Forward: ``log_probs`` clamped to _IMPOSSIBLE (so genuine -inf never reaches the CTC), then at
-    each observed frame 0 for the observed token and _IMPOSSIBLE for the others. Backward: the
-    incoming gradient with observed frames zeroed. Written as one Function so that it costs a single
-    pass over (N, T, C) each way.
+    Forward: gather each utterance's blank and target tokens (``_compact_classes``), clamp them to
+    _IMPOSSIBLE (so a genuine -inf never reaches the kernel), put a point mass on the observed token
+    of every observed frame (-inf elsewhere), and run torch's CTC forward on the result. Backward:
+    torch's CTC backward, minus the exp(log_probs) it adds (see the module docstring), zeroed at
+    observed frames and for utterances whose loss is infeasible, and scattered back to the full
+    vocabulary.
     """
 
     @staticmethod
-    def forward(ctx: Any, log_probs: Tensor, observed: Tensor) -> Tensor:
-        is_observed = (observed >= 0).unsqueeze(-1)
-        keep = (~is_observed).to(log_probs.dtype)  # (N, T, 1); a product is faster than masked_fill
-        restricted = log_probs.clamp(min=_IMPOSSIBLE).mul_(keep).add_((1.0 - keep) * _IMPOSSIBLE)
-        index = observed.clamp(min=0).unsqueeze(-1)
-        restricted.scatter_(-1, index, torch.where(is_observed, 0.0, restricted.gather(-1, index)))
-        ctx.save_for_backward(keep)
-        return restricted
+    def forward(
+        ctx: Any,
+        log_probs: Tensor,
+        observed: Tensor,
+        targets: Tensor,
+        input_lengths: Tensor,
+        target_lengths: Tensor,
+        blank: int,
+    ) -> Tensor:
+        n, t, c = log_probs.shape
+        classes, compact_targets, compact_observed = _compact_classes(
+            targets, target_lengths, observed, c, blank
+        )
+        index = classes.unsqueeze(1).expand(n, t, classes.shape[1])
+        compact = log_probs.gather(-1, index).clamp_(min=_IMPOSSIBLE)
+        is_observed = observed >= 0
+        compact.masked_fill_(is_observed.unsqueeze(-1), -math.inf)
+        rows, frames = (compact_observed >= 0).nonzero(as_tuple=True)
+        compact[rows, frames, compact_observed[rows, frames]] = 0.0
+        compact = compact.transpose(0, 1)
+        nll, log_alpha = torch.ops.aten._ctc_loss.Tensor(
+            compact, compact_targets, input_lengths, target_lengths, 0, False
+        )
+        ctx.save_for_backward(
+            compact, compact_targets, input_lengths, target_lengths, nll, log_alpha, is_observed, index
+        )
+        ctx.full_shape = log_probs.shape
+        return nll
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        (keep,) = ctx.saved_tensors
-        return grad * keep, None
+    def backward(ctx: Any, grad_nll: Tensor) -> tuple[Tensor | None, ...]:
+        compact, targets, input_lengths, target_lengths, nll, log_alpha, is_observed, index = (
+            ctx.saved_tensors
+        )
+        # (T, N, C'): (exp(compact) - occupation) * grad_nll inside each utterance, 0 past its end.
+        grad = torch.ops.aten._ctc_loss_backward.Tensor(
+            grad_nll, compact, targets, input_lengths, target_lengths, nll, log_alpha, 0, False
+        )
+        frames = torch.arange(compact.shape[0], device=compact.device).unsqueeze(1)
+        outside = (frames >= input_lengths.unsqueeze(0)).unsqueeze(-1)
+        grad.sub_(compact.exp().mul_(grad_nll.view(1, -1, 1)).masked_fill_(outside, 0.0))
+        infeasible = ~torch.isfinite(nll) | (nll >= _INFEASIBLE_LOSS)
+        grad.masked_fill_((is_observed.t() | infeasible.unsqueeze(0)).unsqueeze(-1), 0.0)
+        full = grad.new_zeros(ctx.full_shape).scatter_(-1, index, grad.transpose(0, 1))
+        return full, None, None, None, None, None
 
 
-def _zero_rows_hook(rows: Tensor) -> Callable[[Tensor | None], Tensor | None]:
-    """Gradient hook that zeroes the gradient of the utterances where ``rows`` (N,) is true."""
-
-    def hook(grad: Tensor | None) -> Tensor | None:
-        return None if grad is None else grad.masked_fill(rows[:, None, None], 0.0)
-
-    return hook
+def _compact_classes(
+    targets: Tensor, target_lengths: Tensor, observed: Tensor, num_classes: int, blank: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Each utterance's classes that a path may use, blank first: (N, C') class ids, where C' is one
+    plus the most distinct tokens in a target (shorter rows are filled with unused classes); the
+    targets (N, S) as column indices into them; and ``observed`` (N, T) as a column index, or -1 where
+    it is masked or shows a token its target does not have (no path agrees with such a frame).
+    """
+    n, s = targets.shape
+    positions = torch.arange(s, device=targets.device)
+    valid = positions.unsqueeze(0) < target_lengths.unsqueeze(1)
+    present = torch.zeros(n, num_classes, dtype=torch.bool, device=targets.device)
+    present.scatter_(1, torch.where(valid, targets, blank), True)
+    present[:, blank] = True
+    # Sort key: blank 0, the target's tokens 1, the rest 2; a stable sort keeps ids in order.
+    key = 2 - present.to(torch.int8)
+    key[:, blank] = 0
+    order = torch.sort(key, dim=1, stable=True).indices
+    width = int(present.sum(1).max())
+    column = torch.empty_like(order).scatter_(
+        1, order, torch.arange(num_classes, device=targets.device).expand(n, -1)
+    )
+    compact_targets = torch.where(valid, column.gather(1, targets.clamp(0, num_classes - 1)), 0)
+    shown = observed.clamp(min=0)
+    usable = (observed >= 0) & present.gather(1, shown)
+    compact_observed = torch.where(usable, column.gather(1, shown), -1)
+    return order[:, :width], compact_targets, compact_observed
 
 
 def _too_short(targets: Tensor, input_lengths: Tensor, target_lengths: Tensor) -> Tensor:

@@ -111,13 +111,62 @@ def test_all_masked_equals_ctc(reduction: str) -> None:
     torch.testing.assert_close(wrapped, expected)
 
 
-def test_all_masked_gradient_equals_ctc() -> None:
+def test_all_masked_gradient_through_log_softmax_equals_ctc() -> None:
     log_probs, targets, input_lengths, target_lengths = _ragged_batch(torch.float64)
     leaf = log_probs.clone().requires_grad_()
     observed = torch.full(log_probs.shape[:2], -1)
-    imputer_loss(leaf, targets, input_lengths, target_lengths, observed).backward()
+    imputer_loss(leaf.log_softmax(-1), targets, input_lengths, target_lengths, observed).backward()
     reference = log_probs.clone().requires_grad_()
-    F.ctc_loss(reference.transpose(0, 1), targets, input_lengths, target_lengths).backward()
+    F.ctc_loss(reference.log_softmax(-1).transpose(0, 1), targets, input_lengths, target_lengths).backward()
+    torch.testing.assert_close(leaf.grad, reference.grad)
+
+
+def test_gradient_is_the_exact_derivative_without_log_softmax() -> None:
+    # Unnormalised scores: torch's CTC gradient would be off by exp(log_probs) here.
+    generator = torch.Generator().manual_seed(5)
+    scores = -torch.rand(2, 7, 5, generator=generator, dtype=torch.float64) * 3
+    scores.requires_grad_()
+    targets = torch.tensor([[1, 3, 3], [4, 2, 0]])
+    input_lengths, target_lengths = torch.tensor([7, 6]), torch.tensor([3, 2])
+    observed = torch.tensor([[-1, 1, -1, -1, 0, -1, 3], [-1, -1, 0, -1, -1, -1, -1]])
+
+    def loss(x: torch.Tensor) -> torch.Tensor:
+        return imputer_loss(x, targets, input_lengths, target_lengths, observed, reduction="sum")
+
+    assert torch.autograd.gradcheck(loss, (scores,))
+
+
+@pytest.mark.parametrize("blank", [0, 7])
+def test_large_vocabulary_matches_ctc_on_point_masses(blank: int) -> None:
+    # The oracle: F.ctc_loss on the full vocabulary with each observed frame's distribution replaced
+    # by a point mass, and the gradient at observed frames dropped. imputer_loss only ever works on
+    # each utterance's own tokens, so this checks that narrowing the classes changes nothing.
+    generator = torch.Generator().manual_seed(11)
+    n, t, c, s = 5, 40, 60, 12
+    logits = torch.randn(n, t, c, generator=generator, dtype=torch.float64)
+    targets = torch.randint(1, c, (n, s), generator=generator)
+    targets[targets == blank] = 1
+    targets[:, 3] = targets[:, 2]  # a repeated label
+    input_lengths, target_lengths = torch.tensor([40, 38, 30, 25, 40]), torch.tensor([12, 9, 12, 4, 0])
+    observed = torch.full((n, t), -1)
+    for row in range(n):  # blanks shown between the labels of a proportional alignment
+        frames = torch.arange(0, int(input_lengths[row]), 3)
+        observed[row, frames] = blank
+    observed[0, 1] = int(targets[0, 0])
+    leaf = logits.clone().requires_grad_()
+    got = imputer_loss(leaf.log_softmax(-1), targets, input_lengths, target_lengths, observed, blank=blank)
+    got.backward()
+
+    reference = logits.clone().requires_grad_()
+    shown = observed >= 0
+    point_mass = torch.full((n, t, c), -1.0e30, dtype=torch.float64)
+    point_mass.scatter_(-1, observed.clamp(min=0).unsqueeze(-1), 0.0)
+    log_probs = reference.log_softmax(-1)
+    restricted = torch.where(shown.unsqueeze(-1), point_mass, log_probs)
+    expected = F.ctc_loss(restricted.transpose(0, 1), targets, input_lengths, target_lengths, blank=blank)
+    expected.backward()
+    assert torch.isfinite(got)
+    torch.testing.assert_close(got, expected)
     torch.testing.assert_close(leaf.grad, reference.grad)
 
 
