@@ -14,6 +14,8 @@ import logging
 import sys
 from pathlib import Path
 
+from imputer_asr import lm_cli
+
 __all__ = ["main", "build_parser"]
 
 log = logging.getLogger("imputer_asr")
@@ -266,6 +268,7 @@ def _add_decode(sub) -> None:
     p.add_argument("--name", required=True, help="e.g. test-ctc; names the output files")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--threads", type=int, default=2)
+    lm_cli.add_lm_options(p)
     p.set_defaults(func=_run_decode)
 
 
@@ -275,12 +278,18 @@ def _run_decode(args) -> None:
     from imputer_asr.checkpoint import load_packaged
     from imputer_asr.decode import decode_cuts
 
+    if args.arpa is not None and args.lexicon is None:
+        raise _UsageError("--arpa needs --lexicon (the words the search may write)")
     torch.set_num_threads(args.threads)
     packaged = load_packaged(args.model)
     packaged.model.to(args.device)
     cuts = _load_cuts(args.cuts)
-    hyps, seconds = decode_cuts(packaged.model, packaged.tokenizer, cuts)
-    timing = _write_decoding(args, hyps, seconds)
+    if args.lexicon is not None:
+        hyps, seconds, weights = lm_cli.decode_with_lm(args, packaged, cuts)
+        timing = _write_decoding(args, hyps, seconds, **dataclasses.asdict(weights))
+    else:
+        hyps, seconds = decode_cuts(packaged.model, packaged.tokenizer, cuts)
+        timing = _write_decoding(args, hyps, seconds)
     log.info(
         "decoded %d utterances (%.0f s of audio) in %.1f s, RTF %.4f",
         len(hyps),
@@ -690,6 +699,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_train,
         _add_package,
         _add_decode,
+        lm_cli.add_lm,
+        lm_cli.add_tune_lm,
         _add_score,
         _add_plot,
         _add_align,

@@ -1,0 +1,146 @@
+"""The language-model commands of ``imputer-asr``: ``lm`` (train an n-gram model and spell its
+lexicon), ``tune-lm`` (choose the LM weight and word score on dev) and the ``--lm`` options of
+``decode``. Kept apart from :mod:`imputer_asr.cli` so that the main command list stays readable."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger("imputer_asr")
+
+DEFAULT_LM_WEIGHTS = (0.5, 1.0, 1.5, 2.0)
+DEFAULT_WORD_SCORES = (-1.0, 0.0, 1.0)
+
+
+def add_lm(sub) -> None:
+    p = sub.add_parser("lm", help="train a word n-gram LM (ARPA) on transcripts and spell its lexicon in BPE")
+    p.add_argument("--manifest-dir", type=Path, required=True)
+    p.add_argument("--part", default="train", help="the transcripts to learn from (never dev or test)")
+    p.add_argument("--text", type=Path, nargs="*", default=[], help="more text files, a sentence a line")
+    p.add_argument("--order", type=int, default=3)
+    p.add_argument("--bpe", type=Path, required=True, help="the acoustic model's tokenizer")
+    p.add_argument("--arpa", type=Path, required=True, help="output language model")
+    p.add_argument("--lexicon", type=Path, required=True, help="output lexicon: word, then its pieces")
+    p.set_defaults(func=run_lm)
+
+
+def run_lm(args) -> None:
+    from imputer_asr.lm import train_ngram, write_lexicon
+    from imputer_asr.prepare import manifest_texts
+    from imputer_asr.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.from_file(args.bpe)
+    sentences = [text.split() for text in manifest_texts(args.manifest_dir, args.part)]
+    for path in args.text:
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read text file {path}: {exc}") from None
+        sentences += [line.upper().split() for line in lines if line.strip()]
+    lm = train_ngram(sentences, order=args.order)
+    lm.write_arpa(args.arpa)
+    words = write_lexicon(lm.vocabulary, tokenizer, args.lexicon)
+    sizes = ", ".join(f"{len(grams)} {k + 1}-grams" for k, grams in enumerate(lm.probs))
+    log.info("%s: %d sentences, %s; %s: %d words", args.arpa, len(sentences), sizes, args.lexicon, words)
+
+
+def add_lm_options(p) -> None:
+    """``decode`` options: with --lexicon, decode by lexicon-constrained beam search."""
+    g = p.add_argument_group("language model (lexicon-constrained beam search instead of greedy)")
+    g.add_argument("--lexicon", type=Path, help="from `imputer-asr lm`")
+    g.add_argument("--arpa", type=Path, help="n-gram LM from `imputer-asr lm`; without it, lexicon only")
+    g.add_argument("--lm-weights", type=Path, help="JSON from `imputer-asr tune-lm` (lm_weight, word_score)")
+    g.add_argument("--lm-weight", type=float, default=None, help="overrides --lm-weights")
+    g.add_argument("--word-score", type=float, default=None, help="overrides --lm-weights")
+    g.add_argument("--beam-size", type=int, default=50)
+
+
+def lm_weights_from_args(args):
+    """The LMWeights that ``decode``'s options ask for."""
+    from imputer_asr.lm_decode import LMWeights
+
+    values = {}
+    if args.lm_weights is not None:
+        try:
+            chosen = json.loads(Path(args.lm_weights).read_text())["best"]
+            values = {"lm_weight": float(chosen["lm_weight"]), "word_score": float(chosen["word_score"])}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{args.lm_weights}: not a tune-lm result ({exc})") from None
+    if args.lm_weight is not None:
+        values["lm_weight"] = args.lm_weight
+    if args.word_score is not None:
+        values["word_score"] = args.word_score
+    return LMWeights(beam_size=args.beam_size, **values)
+
+
+def decode_with_lm(args, packaged, cuts):
+    """Hypotheses and wall time (forward passes plus search) of the LM decoding of ``cuts``."""
+    from imputer_asr.lm_decode import LexiconBeamSearch, compute_emissions, decode_emissions
+
+    weights = lm_weights_from_args(args)
+    search = LexiconBeamSearch(packaged.tokenizer, args.lexicon, args.arpa, weights)
+    emissions = compute_emissions(packaged.model, packaged.tokenizer, cuts)
+    hyps, search_seconds = decode_emissions(emissions, search)
+    log.info(
+        "LM decoding: lm_weight %.2f, word_score %.2f, beam %d; forward %.1f s, search %.1f s",
+        weights.lm_weight,
+        weights.word_score,
+        weights.beam_size,
+        emissions.seconds,
+        search_seconds,
+    )
+    return hyps, emissions.seconds + search_seconds, weights
+
+
+def add_tune_lm(sub) -> None:
+    p = sub.add_parser("tune-lm", help="choose the LM weight and word score by WER on a dev set")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--cuts", type=Path, required=True, help="dev cuts (never test)")
+    p.add_argument("--lexicon", type=Path, required=True)
+    p.add_argument("--arpa", type=Path, required=True)
+    p.add_argument("--lm-weight", type=float, nargs="+", default=list(DEFAULT_LM_WEIGHTS))
+    p.add_argument("--word-score", type=float, nargs="+", default=list(DEFAULT_WORD_SCORES))
+    p.add_argument("--beam-size", type=int, default=50)
+    p.add_argument("--out", type=Path, required=True, help="JSON: the best weights and every grid point")
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=run_tune_lm)
+
+
+def run_tune_lm(args) -> None:
+    import torch
+
+    from imputer_asr.checkpoint import load_packaged
+    from imputer_asr.cli import _load_cuts
+    from imputer_asr.lm_decode import compute_emissions, tune
+
+    torch.set_num_threads(args.threads)
+    packaged = load_packaged(args.model)
+    emissions = compute_emissions(packaged.model, packaged.tokenizer, _load_cuts(args.cuts))
+    best, grid = tune(
+        emissions,
+        packaged.tokenizer,
+        args.lexicon,
+        args.arpa,
+        args.lm_weight,
+        args.word_score,
+        beam_size=args.beam_size,
+    )
+    record = {
+        "best": {"lm_weight": best.lm_weight, "word_score": best.word_score},
+        "cuts": str(args.cuts),
+        "grid": grid,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(args.out)
+    chosen = min(grid, key=lambda r: (r["wer"], r["cer"]))
+    log.info(
+        "%s: lm_weight %.2f, word_score %.2f (dev WER %.2f%%)",
+        args.out,
+        best.lm_weight,
+        best.word_score,
+        100 * chosen["wer"],
+    )

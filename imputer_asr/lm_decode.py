@@ -1,0 +1,196 @@
+"""CTC beam search constrained to a lexicon, scored with a word n-gram language model.
+
+Greedy CTC decoding spells each word from the sound alone, so most errors of a small model are
+misspellings ("BILIVE") and merged or split words. This search only ever writes words of the lexicon
+(each spelled with the model's BPE pieces, :func:`imputer_asr.lm.write_lexicon`) and adds
+``lm_weight`` times the n-gram log-probability of each word plus ``word_score`` per word. It is
+flashlight's lexicon decoder (through :func:`torchaudio.models.decoder.ctc_decoder`, which needs the
+``flashlight-text`` package) with a KenLM model read from an ARPA file (:mod:`imputer_asr.lm`).
+``lm_weight`` and ``word_score`` are chosen on dev by :func:`tune`.
+
+The tokenizer has no silence piece, so ``<unk>``, which the model never emits (it is never a
+target), stands in for flashlight's silence token; word boundaries come from the ``▁`` that starts
+each word's first piece.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from lhotse import CutSet
+from torch import Tensor
+
+from imputer_asr.config import DataConfig
+from imputer_asr.dataset import make_loader
+from imputer_asr.decode import Hypothesis
+from imputer_asr.lm import UNK
+from imputer_asr.model import ImputerModel
+from imputer_asr.scoring import score
+from imputer_asr.tokenizer import BLANK_PIECE, UNK_PIECE, Tokenizer
+
+__all__ = ["LMWeights", "LexiconBeamSearch", "Emissions", "compute_emissions", "decode_emissions", "tune"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LMWeights:
+    """How the search weighs the language model: score = acoustic + lm_weight * LM + word_score * words."""
+
+    lm_weight: float = 0.5
+    word_score: float = 0.0
+    beam_size: int = 50
+    beam_threshold: float = 25.0
+
+
+class LexiconBeamSearch:
+    """Lexicon-constrained CTC beam search over (N, T, C) log-probabilities; returns word strings."""
+
+    def __init__(self, tokenizer: Tokenizer, lexicon: Path, lm: Path | None, weights: LMWeights) -> None:
+        try:
+            from torchaudio.models.decoder import ctc_decoder
+        except (ImportError, RuntimeError) as exc:  # torchaudio raises RuntimeError without flashlight
+            raise RuntimeError(
+                f"LM decoding needs flashlight-text (pip install flashlight-text): {exc}"
+            ) from None
+        for name, path in (("lexicon", lexicon), ("language model", lm)):
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name} {path} does not exist")
+        tokens = [tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size)]
+        options = {
+            "lexicon": str(lexicon),
+            "tokens": tokens,
+            "lm": None if lm is None else str(lm),
+            "beam_size": weights.beam_size,
+            "beam_threshold": weights.beam_threshold,
+            "lm_weight": weights.lm_weight,
+            "word_score": weights.word_score,
+            "blank_token": BLANK_PIECE,
+            "sil_token": UNK_PIECE,
+            "unk_word": UNK,
+        }
+        with _quiet_stderr() as printed:  # KenLM draws a progress bar on stderr while it reads
+            try:
+                self._decoder = ctc_decoder(**options)
+            except (RuntimeError, ValueError, KeyError, IndexError) as exc:
+                problem = f"{exc} {printed()}".strip()
+                raise ValueError(f"cannot build the LM decoder from {lexicon} and {lm}: {problem}") from None
+        self.weights = weights
+
+    def __call__(self, log_probs: Tensor, lengths: Tensor) -> list[str]:
+        emissions = log_probs.detach().float().cpu().contiguous()
+        results = self._decoder(emissions, lengths.detach().cpu().to(torch.int32))
+        return [" ".join(word for word in best[0].words if word) if best else "" for best in results]
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[Callable[[], str]]:
+    """Send file descriptor 2 (where C++ libraries print) to a temporary file for the duration;
+    yields a function that returns what was printed so far."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+") as sink:
+        os.dup2(sink.fileno(), 2)
+
+        def printed() -> str:
+            sink.flush()
+            sink.seek(0)
+            return sink.read()
+
+        try:
+            yield printed
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+@dataclass
+class Emissions:
+    """The acoustic model's output for a set of cuts, computed once and searched many times."""
+
+    log_probs: list[Tensor]  # (T_i, C) per utterance
+    cut_ids: list[str]
+    refs: list[str]
+    durations: list[float]
+    seconds: float  # wall time of the forward passes
+
+
+@torch.inference_mode()
+def compute_emissions(
+    model: ImputerModel, tokenizer: Tokenizer, cuts: CutSet, max_duration: float = 200.0
+) -> Emissions:
+    """Run the CTC model (all-[MASK] input) over every cut."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = Emissions([], [], [], [], 0.0)
+    for batch in make_loader(cuts, tokenizer, DataConfig(max_duration=max_duration), train=False):
+        start = time.perf_counter()
+        log_probs, lengths = model(batch["features"].to(device), batch["feature_lengths"].to(device))
+        log_probs = log_probs.float().cpu()
+        out.seconds += time.perf_counter() - start
+        for i, length in enumerate(lengths.tolist()):
+            out.log_probs.append(log_probs[i, :length].contiguous())
+        out.cut_ids += batch["cut_ids"]
+        out.refs += batch["texts"]
+        out.durations += [float(d) for d in batch["durations"]]
+    return out
+
+
+def decode_emissions(emissions: Emissions, search: LexiconBeamSearch) -> tuple[list[Hypothesis], float]:
+    """Hypotheses of the search over every utterance, and the search's wall time in seconds."""
+    start = time.perf_counter()
+    texts = [search(lp.unsqueeze(0), torch.tensor([lp.shape[0]]))[0] for lp in emissions.log_probs]
+    seconds = time.perf_counter() - start
+    fields = zip(emissions.cut_ids, emissions.refs, texts, emissions.durations, strict=True)
+    return [Hypothesis(cut_id, ref, hyp, dur) for cut_id, ref, hyp, dur in fields], seconds
+
+
+def tune(
+    emissions: Emissions,
+    tokenizer: Tokenizer,
+    lexicon: Path,
+    lm: Path,
+    lm_weights: Sequence[float],
+    word_scores: Sequence[float],
+    beam_size: int = 50,
+) -> tuple[LMWeights, list[dict]]:
+    """Grid search of (lm_weight, word_score) by WER on ``emissions`` (a dev set); returns the best
+    weights and one record per grid point."""
+    records = []
+    best: tuple[float, float, LMWeights] | None = None
+    for lm_weight, word_score in itertools.product(lm_weights, word_scores):
+        weights = LMWeights(lm_weight=lm_weight, word_score=word_score, beam_size=beam_size)
+        hyps, seconds = decode_emissions(emissions, LexiconBeamSearch(tokenizer, lexicon, lm, weights))
+        report = score([(h.cut_id, h.ref, h.hyp) for h in hyps])
+        records.append(
+            {
+                "lm_weight": lm_weight,
+                "word_score": word_score,
+                "wer": report.wer,
+                "cer": report.cer,
+                "search_seconds": seconds,
+            }
+        )
+        log.info(
+            "lm_weight %.2f word_score %+.1f: WER %.2f%% CER %.2f%% (%.1f s)",
+            lm_weight,
+            word_score,
+            100 * report.wer,
+            100 * report.cer,
+            seconds,
+        )
+        if best is None or (report.wer, report.cer) < best[:2]:
+            best = (report.wer, report.cer, weights)
+    if best is None:
+        raise ValueError("the grid of LM weights and word scores is empty")
+    return best[2], records

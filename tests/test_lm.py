@@ -1,0 +1,250 @@
+"""Tests for imputer_asr.lm (Kneser-Ney n-grams, ARPA, lexicon) and imputer_asr.lm_decode (the
+lexicon-constrained beam search): hand-computed probabilities, KenLM reading our ARPA files, and
+searches whose right answer is known from how their frames were built."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from imputer_asr.cli import main
+from imputer_asr.lm import BOS, EOS, UNK, train_ngram, write_lexicon
+from imputer_asr.lm_decode import Emissions, LexiconBeamSearch, LMWeights, decode_emissions, tune
+from imputer_asr.tokenizer import train_tokenizer
+
+TEXTS = [
+    "THE CAT SAT ON THE MAT",
+    "THE CAT SAT DOWN",
+    "A CAT SAT ON A HAT",
+    "ON THE MAT SAT A DOG",
+    "THE DOG RAN TO THE PARK",
+    "A RAT SAT ON THE MAT",
+] * 5
+
+
+def test_bigram_probabilities_match_hand_computation() -> None:
+    # Sentences: <s> A B </s>, <s> A C </s>, <s> B </s>.
+    # Unigram continuation counts A 1, B 2, C 1, </s> 2 (total 6, 4 types): D1 = 2 / (2 + 2*2) = 1/3,
+    # p(w) = (count - D1) / 6 + (D1 * 4 / 6) / 5, five words counting <unk>.
+    # Bigrams (raw counts): two seen twice, four once: D2 = 4 / (4 + 2*2) = 1/2.
+    lm = train_ngram([["A", "B"], ["A", "C"], ["B"]], order=2)
+    uniform_share = (1 / 3 * 4 / 6) / 5
+    p_b = (2 - 1 / 3) / 6 + uniform_share
+    assert math.isclose(10 ** lm.log10_prob("B", ()), p_b)
+    assert math.isclose(10 ** lm.log10_prob(UNK, ()), uniform_share)
+    # Context A: seen twice with 2 types, weight 1/2 * 2 / 2 = 1/2.
+    assert math.isclose(10 ** lm.log10_prob("B", ["A"]), (1 - 0.5) / 2 + 0.5 * p_b)
+    assert math.isclose(10 ** lm.log10_prob(EOS, ["A"]), 0.5 * (2 - 1 / 3) / 6 + 0.5 * uniform_share)
+    # Context <s>: 3 times, 2 types, weight 1/2 * 2 / 3.
+    p_a = (1 - 1 / 3) / 6 + uniform_share
+    assert math.isclose(10 ** lm.log10_prob("A", [BOS]), (2 - 0.5) / 3 + 1 / 3 * p_a)
+    assert math.isclose(10 ** lm.log10_prob("NEVER-SEEN", ["A"]), 0.5 * uniform_share)
+
+
+@pytest.mark.parametrize("order", [1, 2, 3, 4])
+def test_every_context_is_a_distribution(order: int) -> None:
+    lm = train_ngram([text.split() for text in TEXTS[:6]], order=order)
+    words = [w for w in lm.vocabulary if w != BOS]
+    contexts = [(), (BOS,), ("THE",), ("THE", "CAT"), (BOS, "A"), ("ZEBRA", "THE"), ("MAT", "SAT", "A")]
+    for context in contexts:
+        total = sum(10 ** lm.log10_prob(w, context) for w in words)
+        assert math.isclose(total, 1.0, rel_tol=1e-9), context
+
+
+def test_kenlm_reads_our_arpa_and_agrees(tmp_path: Path) -> None:
+    kenlm_module = pytest.importorskip("flashlight.lib.text.decoder.kenlm")
+    dictionary = pytest.importorskip("flashlight.lib.text.dictionary")
+    lm = train_ngram([text.split() for text in TEXTS[:6]], order=3)
+    lm.write_arpa(tmp_path / "lm.arpa")
+    words = lm.vocabulary
+    word_dict = dictionary.create_word_dict({w: [[w]] for w in words})
+    kenlm = kenlm_module.KenLM(str(tmp_path / "lm.arpa"), word_dict)
+    for sentence in (["THE", "CAT", "SAT", "ON", "A", "HAT"], ["DOG", "THE", "RAN"], ["PARK"]):
+        state, context = kenlm.start(False), [BOS]
+        for word in [*sentence, EOS]:
+            state, theirs = kenlm.score(state, word_dict.get_index(word))
+            assert math.isclose(theirs, lm.log10_prob(word, context), abs_tol=1e-5), (context, word)
+            context.append(word)
+
+
+def test_arpa_file_layout(tmp_path: Path) -> None:
+    lm = train_ngram([["A", "B"], ["A", "C"], ["B"]], order=2)
+    lm.write_arpa(tmp_path / "lm.arpa")
+    lines = (tmp_path / "lm.arpa").read_text().splitlines()
+    assert lines[1:4] == ["\\data\\", "ngram 1=6", "ngram 2=6"]
+    assert lines[-1] == "\\end\\"
+    assert "-99.000000\t<s>\t-0.477121" in lines  # p(<s>) = 0, backoff log10(1/3)
+    assert not list(tmp_path.glob(".lm.arpa.*"))  # no temporary file left behind
+
+
+def test_train_ngram_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="order"):
+        train_ngram([["A"]], order=0)
+    with pytest.raises(ValueError, match="no sentences"):
+        train_ngram([], order=2)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return train_tokenizer(TEXTS, tmp_path_factory.mktemp("bpe") / "bpe.model", vocab_size=34)
+
+
+def test_lexicon_spells_each_word_with_the_tokenizer(tokenizer, tmp_path: Path) -> None:
+    count = write_lexicon(["CAT", "MAT", BOS, EOS, UNK, "ZQX"], tokenizer, tmp_path / "lexicon.txt")
+    lines = (tmp_path / "lexicon.txt").read_text().splitlines()
+    spelled = {line.split()[0]: line.split()[1:] for line in lines}
+    assert set(spelled) == {"CAT", "MAT"} and count == 2  # Z, Q and X are not pieces: <unk>
+    for word, pieces in spelled.items():
+        ids = [next(i for i in range(tokenizer.vocab_size) if tokenizer.id_to_piece(i) == p) for p in pieces]
+        assert tokenizer.decode(ids) == word
+
+
+def _frames(tokenizer, pieces: list[list[tuple[int, float]]]) -> torch.Tensor:
+    """(T, C) log-probs: for each entry a frame with the given (id, prob) choices, then a blank
+    frame; whatever probability is left goes to the blank."""
+    rows = []
+    for choices in pieces:
+        row = torch.full((tokenizer.vocab_size,), 1e-4)
+        for idx, prob in choices:
+            row[idx] = prob
+        row[tokenizer.blank_id] += max(0.0, 1 - float(row.sum()))
+        rows.append(row / row.sum())
+        blank = torch.full((tokenizer.vocab_size,), 1e-4)
+        blank[tokenizer.blank_id] = 1.0
+        rows.append(blank / blank.sum())
+    return torch.stack(rows).log()
+
+
+def _spelling(tokenizer, text: str) -> list[list[tuple[int, float]]]:
+    return [[(idx, 0.9)] for idx in tokenizer.encode(text)]
+
+
+def _resources(tokenizer, tmp_path: Path) -> tuple[Path, Path]:
+    lm = train_ngram([text.split() for text in TEXTS], order=3)
+    lm.write_arpa(tmp_path / "lm.arpa")
+    write_lexicon(lm.vocabulary, tokenizer, tmp_path / "lexicon.txt")
+    return tmp_path / "lexicon.txt", tmp_path / "lm.arpa"
+
+
+def _ambiguous_pair(tokenizer) -> tuple[list[int], list[int], int]:
+    """SAT and MAT spelled with the same number of pieces that differ in exactly one place."""
+    sat, mat = tokenizer.encode("SAT"), tokenizer.encode("MAT")
+    differ = [i for i, (a, b) in enumerate(zip(sat, mat, strict=True)) if a != b]
+    assert len(sat) == len(mat) and len(differ) == 1, (sat, mat)
+    return sat, mat, differ[0]
+
+
+def test_lexicon_turns_a_misspelling_into_a_word(tokenizer, tmp_path: Path) -> None:
+    lexicon, _ = _resources(tokenizer, tmp_path)
+    search = LexiconBeamSearch(tokenizer, lexicon, None, LMWeights(lm_weight=0.0))
+    # "THE" then "DOG" whose last piece is heard as a piece that spells no word (greedy: a non-word).
+    dog = _spelling(tokenizer, "DOG")
+    words = set(lexicon.read_text().split())
+    wrong = next(
+        i
+        for i in range(2, tokenizer.vocab_size)
+        if tokenizer.decode([*tokenizer.encode("DOG")[:-1], i]) not in words
+        and not tokenizer.id_to_piece(i).startswith("▁")
+    )
+    dog[-1] = [(wrong, 0.5), (dog[-1][0][0], 0.4)]
+    log_probs = _frames(tokenizer, _spelling(tokenizer, "THE") + dog)
+    greedy = tokenizer.decode([*tokenizer.encode("THE"), *tokenizer.encode("DOG")[:-1], wrong])
+    assert greedy != "THE DOG"
+    assert search(log_probs.unsqueeze(0), torch.tensor([log_probs.shape[0]])) == ["THE DOG"]
+
+
+def test_language_model_decides_between_words_the_frames_cannot(tokenizer, tmp_path: Path) -> None:
+    lexicon, arpa = _resources(tokenizer, tmp_path)
+    sat, mat, place = _ambiguous_pair(tokenizer)
+    # "THE CAT ?AT" and "ON THE ?AT": the frames lean (0.46 to 0.44) towards the word the LM finds unlikely.
+    cases = [("THE CAT", mat, sat, "THE CAT SAT"), ("ON THE", sat, mat, "ON THE MAT")]
+    for prefix, leaning, likely, expected in cases:
+        word = [[(idx, 0.9)] for idx in leaning]
+        word[place] = [(leaning[place], 0.46), (likely[place], 0.44)]
+        log_probs = _frames(tokenizer, _spelling(tokenizer, prefix) + word).unsqueeze(0)
+        lengths = torch.tensor([log_probs.shape[1]])
+        acoustic_only = LexiconBeamSearch(tokenizer, lexicon, arpa, LMWeights(lm_weight=0.0))
+        with_lm = LexiconBeamSearch(tokenizer, lexicon, arpa, LMWeights(lm_weight=2.0))
+        assert acoustic_only(log_probs, lengths) == [f"{prefix} {tokenizer.decode(leaning)}"]
+        assert with_lm(log_probs, lengths) == [expected]
+
+
+def test_tune_picks_the_weight_with_the_lowest_wer(tokenizer, tmp_path: Path) -> None:
+    lexicon, arpa = _resources(tokenizer, tmp_path)
+    sat, mat, place = _ambiguous_pair(tokenizer)
+    word = [[(idx, 0.9)] for idx in mat]
+    word[place] = [(mat[place], 0.46), (sat[place], 0.44)]
+    log_probs = _frames(tokenizer, _spelling(tokenizer, "THE CAT") + word)
+    emissions = Emissions([log_probs], ["u1"], ["THE CAT SAT"], [1.0], 0.0)
+    best, grid = tune(emissions, tokenizer, lexicon, arpa, [0.0, 2.0], [0.0])
+    assert best.lm_weight == 2.0
+    assert [r["wer"] for r in grid] == [pytest.approx(1 / 3), 0.0]
+    hyps, _ = decode_emissions(emissions, LexiconBeamSearch(tokenizer, lexicon, arpa, best))
+    assert hyps[0].hyp == "THE CAT SAT" and hyps[0].ref == "THE CAT SAT"
+
+
+def test_missing_files_are_named(tokenizer, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="lexicon .*missing.txt does not exist"):
+        LexiconBeamSearch(tokenizer, tmp_path / "missing.txt", None, LMWeights())
+    lexicon, _ = _resources(tokenizer, tmp_path)
+    with pytest.raises(ValueError, match="language model .*nope.arpa does not exist"):
+        LexiconBeamSearch(tokenizer, lexicon, tmp_path / "nope.arpa", LMWeights())
+    (tmp_path / "bad.arpa").write_text("not an arpa file\n")
+    with pytest.raises(ValueError, match="cannot build the LM decoder"):
+        LexiconBeamSearch(tokenizer, lexicon, tmp_path / "bad.arpa", LMWeights())
+
+
+def test_lm_command_writes_arpa_and_lexicon(tokenizer, tmp_path: Path, capsys) -> None:
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    with gzip.open(manifests / "cuts_train.jsonl.gz", "wt") as f:
+        for i, text in enumerate(TEXTS[:6]):
+            cut = {
+                "id": f"c{i}",
+                "start": 0.0,
+                "duration": 1.0,
+                "channel": 0,
+                "supervisions": [
+                    {
+                        "id": f"s{i}",
+                        "recording_id": f"r{i}",
+                        "start": 0.0,
+                        "duration": 1.0,
+                        "channel": 0,
+                        "text": text,
+                    }
+                ],
+                "recording": {
+                    "id": f"r{i}",
+                    "sources": [{"type": "file", "channels": [0], "source": "x.flac"}],
+                    "sampling_rate": 16000,
+                    "num_samples": 16000,
+                    "duration": 1.0,
+                    "channel_ids": [0],
+                },
+                "type": "MonoCut",
+            }
+            f.write(json.dumps(cut) + "\n")
+    (tmp_path / "extra.txt").write_text("the zebra sat\n\n")
+    tokenizer_path = tmp_path / "bpe.model"
+    tokenizer_path.write_bytes(tokenizer.model_proto)
+    args = ["lm", "--manifest-dir", str(manifests), "--bpe", str(tokenizer_path), "--order", "2"]
+    out = ["--arpa", str(tmp_path / "lm.arpa"), "--lexicon", str(tmp_path / "lexicon.txt")]
+    assert main([*args, *out, "--text", str(tmp_path / "extra.txt")]) == 0
+    arpa = (tmp_path / "lm.arpa").read_text()
+    assert "\tZEBRA\t" in arpa or "\tZEBRA\n" in arpa  # the extra text, upper-cased
+    assert "CAT" in (tmp_path / "lexicon.txt").read_text().split()
+    assert main([*args, *out, "--text", str(tmp_path / "absent.txt")]) == 1
+    assert "cannot read text file" in capsys.readouterr().err
+
+
+def test_decode_refuses_arpa_without_lexicon(tmp_path: Path, capsys) -> None:
+    args = ["decode", "--model", str(tmp_path / "m.pt"), "--cuts", str(tmp_path / "c.jsonl.gz")]
+    args += ["--out-dir", str(tmp_path), "--name", "x", "--arpa", str(tmp_path / "lm.arpa")]
+    assert main(args) == 2  # refused before the (missing) model is read
+    assert "--arpa needs --lexicon" in capsys.readouterr().err
