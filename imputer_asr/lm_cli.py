@@ -40,8 +40,8 @@ def run_lm(args) -> None:
             raise ValueError(f"cannot read text file {path}: {exc}") from None
         sentences += [line.upper().split() for line in lines if line.strip()]
     lm = train_ngram(sentences, order=args.order)
-    lm.write_arpa(args.arpa)
     words = write_lexicon(lm.vocabulary, tokenizer, args.lexicon)
+    lm.write_arpa(args.arpa)  # last: the recipe's make target
     sizes = ", ".join(f"{len(grams)} {k + 1}-grams" for k, grams in enumerate(lm.probs))
     log.info("%s: %d sentences, %s; %s: %d words", args.arpa, len(sentences), sizes, args.lexicon, words)
 
@@ -80,9 +80,11 @@ def decode_with_lm(args, packaged, cuts):
     from imputer_asr.lm_decode import LexiconBeamSearch, compute_emissions, decode_emissions
 
     weights = lm_weights_from_args(args)
-    search = LexiconBeamSearch(packaged.tokenizer, args.lexicon, args.arpa, weights)
+    LexiconBeamSearch(packaged.tokenizer, args.lexicon, args.arpa, weights)  # bad files: fail early
     emissions = compute_emissions(packaged.model, packaged.tokenizer, cuts)
-    hyps, search_seconds = decode_emissions(emissions, search)
+    hyps, search_seconds = decode_emissions(
+        emissions, packaged.tokenizer, args.lexicon, args.arpa, weights, jobs=args.threads
+    )
     log.info(
         "LM decoding: lm_weight %.2f, word_score %.2f, beam %d; forward %.1f s, search %.1f s",
         weights.lm_weight,
@@ -126,6 +128,7 @@ def run_tune_lm(args) -> None:
         args.lm_weight,
         args.word_score,
         beam_size=args.beam_size,
+        jobs=args.threads,
     )
     record = {
         "best": {"lm_weight": best.lm_weight, "word_score": best.word_score},

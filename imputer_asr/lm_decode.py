@@ -18,14 +18,17 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import multiprocessing
 import os
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from lhotse import CutSet
 from torch import Tensor
@@ -146,13 +149,87 @@ def compute_emissions(
     return out
 
 
-def decode_emissions(emissions: Emissions, search: LexiconBeamSearch) -> tuple[list[Hypothesis], float]:
-    """Hypotheses of the search over every utterance, and the search's wall time in seconds."""
+class _Searcher:
+    """Everything a search needs besides its weights; runs searches over chosen utterances."""
+
+    def __init__(self, tokenizer: Tokenizer, lexicon: Path, lm: Path | None, log_probs: list[Tensor]):
+        self.tokenizer, self.lexicon, self.lm, self.log_probs = tokenizer, lexicon, lm, log_probs
+
+    def run(self, weights: LMWeights, indices: Sequence[int]) -> list[str]:
+        search = LexiconBeamSearch(self.tokenizer, self.lexicon, self.lm, weights)
+        return [
+            search(self.log_probs[i].unsqueeze(0), torch.tensor([len(self.log_probs[i])]))[0] for i in indices
+        ]
+
+
+_WORKER: dict[str, _Searcher] = {}
+
+
+def _start_worker(proto: bytes, lexicon: Path, lm: Path | None, arrays: list[np.ndarray]) -> None:
+    torch.set_num_threads(1)
+    log_probs = [torch.from_numpy(a) for a in arrays]
+    _WORKER["searcher"] = _Searcher(Tokenizer(proto), lexicon, lm, log_probs)
+
+
+def _work(task: tuple[LMWeights, list[int]]) -> list[str]:
+    return _WORKER["searcher"].run(*task)
+
+
+def _search(
+    emissions: Emissions,
+    tokenizer: Tokenizer,
+    lexicon: Path,
+    lm: Path | None,
+    grid: Sequence[LMWeights],
+    jobs: int,
+) -> tuple[list[list[str]], float]:
+    """The texts of every utterance under each weights of ``grid``, and the wall time of it all.
+
+    The search is single-threaded C++, so ``jobs`` > 1 runs it in that many processes (spawned, so
+    that no OpenMP state is inherited): the grid points are shared out, or with a single point the
+    utterances are.
+    """
+    everything = list(range(len(emissions.log_probs)))
     start = time.perf_counter()
-    texts = [search(lp.unsqueeze(0), torch.tensor([lp.shape[0]]))[0] for lp in emissions.log_probs]
+    if jobs <= 1 or not everything:
+        searcher = _Searcher(tokenizer, lexicon, lm, emissions.log_probs)
+        return [searcher.run(weights, everything) for weights in grid], time.perf_counter() - start
+    if len(grid) > 1:
+        tasks = [(weights, everything) for weights in grid]
+    else:
+        tasks = [(grid[0], everything[j::jobs]) for j in range(jobs)]
+    LexiconBeamSearch(tokenizer, lexicon, lm, grid[0])  # fails here, in this process, on bad files
+    arrays = [lp.numpy() for lp in emissions.log_probs]
+    context = multiprocessing.get_context("spawn")
+    init = (tokenizer.model_proto, lexicon, lm, arrays)
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker, initargs=init) as pool:
+        results = list(pool.map(_work, tasks))
     seconds = time.perf_counter() - start
+    if len(grid) > 1:
+        return results, seconds
+    texts = [""] * len(everything)
+    for (_, indices), part in zip(tasks, results, strict=True):
+        for i, text in zip(indices, part, strict=True):
+            texts[i] = text
+    return [texts], seconds
+
+
+def _hypotheses(emissions: Emissions, texts: list[str]) -> list[Hypothesis]:
     fields = zip(emissions.cut_ids, emissions.refs, texts, emissions.durations, strict=True)
-    return [Hypothesis(cut_id, ref, hyp, dur) for cut_id, ref, hyp, dur in fields], seconds
+    return [Hypothesis(cut_id, ref, hyp, dur) for cut_id, ref, hyp, dur in fields]
+
+
+def decode_emissions(
+    emissions: Emissions,
+    tokenizer: Tokenizer,
+    lexicon: Path,
+    lm: Path | None,
+    weights: LMWeights,
+    jobs: int = 1,
+) -> tuple[list[Hypothesis], float]:
+    """Hypotheses of the search over every utterance, and the search's wall time in seconds."""
+    (texts,), seconds = _search(emissions, tokenizer, lexicon, lm, [weights], jobs)
+    return _hypotheses(emissions, texts), seconds
 
 
 def tune(
@@ -163,34 +240,35 @@ def tune(
     lm_weights: Sequence[float],
     word_scores: Sequence[float],
     beam_size: int = 50,
+    jobs: int = 1,
 ) -> tuple[LMWeights, list[dict]]:
-    """Grid search of (lm_weight, word_score) by WER on ``emissions`` (a dev set); returns the best
-    weights and one record per grid point."""
+    """Grid search of (lm_weight, word_score) by WER, then CER, on ``emissions`` (a dev set);
+    returns the best weights and one record per grid point."""
+    grid = [
+        LMWeights(lm_weight=w, word_score=s, beam_size=beam_size)
+        for w, s in itertools.product(lm_weights, word_scores)
+    ]
+    if not grid:
+        raise ValueError("the grid of LM weights and word scores is empty")
+    all_texts, seconds = _search(emissions, tokenizer, lexicon, lm, grid, jobs)
     records = []
-    best: tuple[float, float, LMWeights] | None = None
-    for lm_weight, word_score in itertools.product(lm_weights, word_scores):
-        weights = LMWeights(lm_weight=lm_weight, word_score=word_score, beam_size=beam_size)
-        hyps, seconds = decode_emissions(emissions, LexiconBeamSearch(tokenizer, lexicon, lm, weights))
-        report = score([(h.cut_id, h.ref, h.hyp) for h in hyps])
+    for weights, texts in zip(grid, all_texts, strict=True):
+        report = score([(h.cut_id, h.ref, h.hyp) for h in _hypotheses(emissions, texts)])
         records.append(
             {
-                "lm_weight": lm_weight,
-                "word_score": word_score,
+                "lm_weight": weights.lm_weight,
+                "word_score": weights.word_score,
                 "wer": report.wer,
                 "cer": report.cer,
-                "search_seconds": seconds,
             }
         )
         log.info(
-            "lm_weight %.2f word_score %+.1f: WER %.2f%% CER %.2f%% (%.1f s)",
-            lm_weight,
-            word_score,
+            "lm_weight %.2f word_score %+.1f: WER %.2f%% CER %.2f%%",
+            weights.lm_weight,
+            weights.word_score,
             100 * report.wer,
             100 * report.cer,
-            seconds,
         )
-        if best is None or (report.wer, report.cer) < best[:2]:
-            best = (report.wer, report.cer, weights)
-    if best is None:
-        raise ValueError("the grid of LM weights and word scores is empty")
-    return best[2], records
+    log.info("searched %d grid points in %.1f s", len(grid), seconds)
+    best = min(range(len(grid)), key=lambda i: (records[i]["wer"], records[i]["cer"]))
+    return grid[best], records

@@ -3,6 +3,7 @@ to end on a tiny synthesized corpus with LibriSpeech's part names (CORPUS_DIR, a
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -109,6 +110,22 @@ def test_recipe_end_to_end(tiny_librispeech, tmp_path):
     ]
     for part in LIBRISPEECH_PARTS[1:]:
         assert (tmp_path / "exp" / "imputer" / f"wer-{part}-k8.txt").is_file()
+    lm = _make(
+        "score-ctc-lm",
+        f"CORPUS_DIR={tiny_librispeech}",
+        f"DATA={tmp_path / 'data'}",
+        f"EXP={tmp_path / 'exp'}",
+        f"CONF={conf}",
+        "VOCAB=40",
+        "LM_WEIGHTS=0.5 1",
+        "WORD_SCORES=0",
+        timeout=300,
+    )
+    assert lm.returncode == 0, lm.stdout[-3000:] + lm.stderr[-3000:]
+    tuned = json.loads((tmp_path / "exp" / "ctc" / "lm-weights.json").read_text())
+    assert [g["lm_weight"] for g in tuned["grid"]] == [0.5, 1.0]
+    for part in LIBRISPEECH_PARTS[1:]:
+        assert (tmp_path / "exp" / "ctc" / f"wer-{part}-lm.txt").is_file()
 
 
 def test_download_refuses_unknown_parts(tmp_path):

@@ -184,8 +184,22 @@ def test_tune_picks_the_weight_with_the_lowest_wer(tokenizer, tmp_path: Path) ->
     best, grid = tune(emissions, tokenizer, lexicon, arpa, [0.0, 2.0], [0.0])
     assert best.lm_weight == 2.0
     assert [r["wer"] for r in grid] == [pytest.approx(1 / 3), 0.0]
-    hyps, _ = decode_emissions(emissions, LexiconBeamSearch(tokenizer, lexicon, arpa, best))
+    hyps, _ = decode_emissions(emissions, tokenizer, lexicon, arpa, best)
     assert hyps[0].hyp == "THE CAT SAT" and hyps[0].ref == "THE CAT SAT"
+    parallel_best, parallel_grid = tune(emissions, tokenizer, lexicon, arpa, [0.0, 2.0], [0.0], jobs=2)
+    assert parallel_best == best and parallel_grid == grid
+
+
+def test_parallel_search_keeps_utterance_order(tokenizer, tmp_path: Path) -> None:
+    lexicon, arpa = _resources(tokenizer, tmp_path)
+    texts = ["THE CAT SAT", "ON THE MAT", "THE DOG RAN", "A RAT SAT", "THE MAT"]
+    log_probs = [_frames(tokenizer, _spelling(tokenizer, text)) for text in texts]
+    emissions = Emissions(log_probs, [f"u{i}" for i in range(5)], texts, [1.0] * 5, 0.0)
+    weights = LMWeights(lm_weight=0.5)
+    serial, _ = decode_emissions(emissions, tokenizer, lexicon, arpa, weights)
+    parallel, _ = decode_emissions(emissions, tokenizer, lexicon, arpa, weights, jobs=2)
+    assert [h.hyp for h in serial] == texts
+    assert parallel == serial
 
 
 def test_missing_files_are_named(tokenizer, tmp_path: Path) -> None:
