@@ -64,6 +64,23 @@ class NgramLM:
             penalty += self.backoffs[len(context) - 1].get(context, 0.0)
             context = context[1:]
 
+    def perplexity(self, sentences: Iterable[Sequence[str]]) -> tuple[float, float]:
+        """Perplexity over every word and </s> of ``sentences``, and the fraction of their words
+        outside the vocabulary (scored as <unk>, as a KenLM query would)."""
+        total, count, unknown, words = 0.0, 0, 0, 0
+        vocab = self.probs[0]
+        for sentence in sentences:
+            context = [BOS]
+            for word in [*sentence, EOS]:
+                total += self.log10_prob(word, context)
+                count += 1
+                context.append(word)
+            words += len(sentence)
+            unknown += sum(1 for w in sentence if (w,) not in vocab)
+        if not count:
+            raise ValueError("no sentences to measure the perplexity on")
+        return 10 ** (-total / count), unknown / max(words, 1)
+
     def write_arpa(self, path: Path) -> None:
         """Write the model as an ARPA file, atomically (a temporary file renamed into place)."""
         path = Path(path)

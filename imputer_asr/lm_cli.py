@@ -20,6 +20,7 @@ def add_lm(sub) -> None:
     p.add_argument("--part", default="train", help="the transcripts to learn from (never dev or test)")
     p.add_argument("--text", type=Path, nargs="*", default=[], help="more text files, a sentence a line")
     p.add_argument("--order", type=int, default=3)
+    p.add_argument("--eval-part", help="a held-out part (dev) to report the perplexity and OOV rate on")
     p.add_argument("--bpe", type=Path, required=True, help="the acoustic model's tokenizer")
     p.add_argument("--arpa", type=Path, required=True, help="output language model")
     p.add_argument("--lexicon", type=Path, required=True, help="output lexicon: word, then its pieces")
@@ -44,6 +45,15 @@ def run_lm(args) -> None:
     lm.write_arpa(args.arpa)  # last: the recipe's make target
     sizes = ", ".join(f"{len(grams)} {k + 1}-grams" for k, grams in enumerate(lm.probs))
     log.info("%s: %d sentences, %s; %s: %d words", args.arpa, len(sentences), sizes, args.lexicon, words)
+    if args.eval_part:
+        held_out = [text.split() for text in manifest_texts(args.manifest_dir, args.eval_part)]
+        perplexity, oov = lm.perplexity(held_out)
+        log.info(
+            "%s: perplexity %.1f, %.2f %% of its words out of vocabulary",
+            args.eval_part,
+            perplexity,
+            100 * oov,
+        )
 
 
 def add_lm_options(p) -> None:

@@ -82,6 +82,18 @@ def test_arpa_file_layout(tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".lm.arpa.*"))  # no temporary file left behind
 
 
+def test_perplexity_by_hand() -> None:
+    lm = train_ngram([["A", "B"], ["A", "C"], ["B"]], order=2)
+    # "A ZZZ": p(A|<s>) p(<unk>|A) p(</s>|<unk>), the last backing off from an unseen context.
+    probs = [lm.log10_prob("A", [BOS]), lm.log10_prob(UNK, ["A"]), lm.log10_prob(EOS, ["ZZZ"])]
+    perplexity, oov = lm.perplexity([["A", "ZZZ"]])
+    assert math.isclose(perplexity, 10 ** (-sum(probs) / 3))
+    assert oov == 0.5
+    assert math.isclose(10 ** lm.log10_prob(EOS, ["ZZZ"]), 10 ** lm.log10_prob(EOS, ()))
+    with pytest.raises(ValueError, match="no sentences"):
+        lm.perplexity([])
+
+
 def test_train_ngram_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="order"):
         train_ngram([["A"]], order=0)
@@ -213,7 +225,8 @@ def test_missing_files_are_named(tokenizer, tmp_path: Path) -> None:
         LexiconBeamSearch(tokenizer, lexicon, tmp_path / "bad.arpa", LMWeights())
 
 
-def test_lm_command_writes_arpa_and_lexicon(tokenizer, tmp_path: Path, capsys) -> None:
+def test_lm_command_writes_arpa_and_lexicon(tokenizer, tmp_path: Path, capsys, caplog) -> None:
+    caplog.set_level("INFO")
     manifests = tmp_path / "manifests"
     manifests.mkdir()
     with gzip.open(manifests / "cuts_train.jsonl.gz", "wt") as f:
@@ -248,8 +261,10 @@ def test_lm_command_writes_arpa_and_lexicon(tokenizer, tmp_path: Path, capsys) -
     tokenizer_path = tmp_path / "bpe.model"
     tokenizer_path.write_bytes(tokenizer.model_proto)
     args = ["lm", "--manifest-dir", str(manifests), "--bpe", str(tokenizer_path), "--order", "2"]
+    args += ["--eval-part", "train"]
     out = ["--arpa", str(tmp_path / "lm.arpa"), "--lexicon", str(tmp_path / "lexicon.txt")]
     assert main([*args, *out, "--text", str(tmp_path / "extra.txt")]) == 0
+    assert "train: perplexity" in caplog.text
     arpa = (tmp_path / "lm.arpa").read_text()
     assert "\tZEBRA\t" in arpa or "\tZEBRA\n" in arpa  # the extra text, upper-cased
     assert "CAT" in (tmp_path / "lexicon.txt").read_text().split()
