@@ -608,9 +608,9 @@ def _add_transcribe(sub) -> None:
     p.add_argument("--model", type=Path, required=True, help="packaged model.pt")
     p.add_argument(
         "--decoder",
-        choices=("imputer", "ctc"),
+        choices=("imputer", "ctc", "lm"),
         default=None,
-        help="default: imputer for a model trained as an Imputer, ctc otherwise",
+        help="default: lm when --lexicon is given, else imputer for a model trained as an Imputer, else ctc",
     )
     p.add_argument(
         "--steps", type=int, default=None, help="K of the imputer decoder; default: its block size"
@@ -629,6 +629,7 @@ def _add_transcribe(sub) -> None:
     p.add_argument("--overlap-seconds", type=float, default=5.0, help="overlap of consecutive windows")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--threads", type=int, default=2)
+    lm_cli.add_lm_options(p)
     p.set_defaults(func=_run_transcribe)
 
 
@@ -642,7 +643,15 @@ def _run_transcribe(args) -> int:
     torch.set_num_threads(args.threads)
     try:
         options = TranscribeOptions(window_seconds=args.window_seconds, overlap_seconds=args.overlap_seconds)
-        transcriber = load_model(args.model, device=args.device, options=options)
+        lm_weights = lm_cli.lm_weights_from_args(args) if args.lexicon is not None else None
+        transcriber = load_model(
+            args.model,
+            device=args.device,
+            options=options,
+            lexicon=args.lexicon,
+            arpa=args.arpa,
+            lm_weights=lm_weights,
+        )
         transcripts = transcriber.iter_transcripts(
             find_audio(args.audio), decoder=args.decoder, steps=args.steps
         )

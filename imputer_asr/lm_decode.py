@@ -89,11 +89,34 @@ class LexiconBeamSearch:
                 problem = f"{exc} {printed()}".strip()
                 raise ValueError(f"cannot build the LM decoder from {lexicon} and {lm}: {problem}") from None
         self.weights = weights
+        self._blank, self._silence = tokenizer.blank_id, tokenizer.unk_id
 
     def __call__(self, log_probs: Tensor, lengths: Tensor) -> list[str]:
+        """The best word sequence of each utterance of (N, T, C) ``log_probs``."""
+        return [
+            " ".join(word for word in best.words if word) if best else ""
+            for best in self._best(log_probs, lengths)
+        ]
+
+    def alignments(self, log_probs: Tensor, lengths: Tensor) -> list[list[int]]:
+        """The best hypothesis of each utterance as a frame-level path: each emitted piece at the
+        first frame the search put it on, blank elsewhere, -1 past the utterance's length. It
+        collapses to the hypothesis' pieces (the search puts a blank between repeated pieces)."""
+        paths = []
+        for best, length in zip(self._best(log_probs, lengths), lengths.tolist(), strict=True):
+            path = [self._blank] * length + [-1] * (log_probs.shape[1] - length)
+            if best is not None:
+                # Step 0 is the search's start state and step length + 1 its end: frame = step - 1.
+                for token, step in zip(best.tokens.tolist(), best.timesteps.tolist(), strict=True):
+                    if token != self._silence and 0 < step <= length:
+                        path[step - 1] = token
+            paths.append(path)
+        return paths
+
+    def _best(self, log_probs: Tensor, lengths: Tensor) -> list:
         emissions = log_probs.detach().float().cpu().contiguous()
         results = self._decoder(emissions, lengths.detach().cpu().to(torch.int32))
-        return [" ".join(word for word in best[0].words if word) if best else "" for best in results]
+        return [best[0] if best else None for best in results]
 
 
 @contextlib.contextmanager

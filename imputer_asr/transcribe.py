@@ -35,13 +35,14 @@ from imputer_asr.audio import AudioError, AudioSource, open_audio, plan_windows,
 from imputer_asr.checkpoint import PackagedModel, load_packaged
 from imputer_asr.decode import greedy_alignment
 from imputer_asr.imputer_decode import decode_imputer
+from imputer_asr.lm_decode import LexiconBeamSearch, LMWeights
 from imputer_asr.model import MIN_INPUT_FRAMES, SUBSAMPLING
 from imputer_asr.prepare import fbank_extractor
 from imputer_asr.words import Word, alignment_words, stitch
 
 __all__ = ["DECODERS", "TranscribeOptions", "Transcript", "Transcriber", "load_model"]
 
-DECODERS = ("ctc", "imputer")
+DECODERS = ("ctc", "imputer", "lm")
 
 Audio = str | os.PathLike | np.ndarray | Tensor
 """A path to an audio file, or samples: (samples,) or (channels, samples)."""
@@ -118,6 +119,9 @@ class Transcriber:
         packaged: the model, tokenizer and config of a ``model.pt``.
         device: where the network runs (``"cpu"``, ``"cuda"``); features are computed on the CPU.
         options: windows and batching.
+        language_model: a lexicon-constrained beam search with a word LM
+            (:class:`imputer_asr.lm_decode.LexiconBeamSearch`), which enables the ``"lm"`` decoder
+            and makes it the default.
     """
 
     def __init__(
@@ -125,6 +129,7 @@ class Transcriber:
         packaged: PackagedModel,
         device: str | torch.device = "cpu",
         options: TranscribeOptions | None = None,
+        language_model: LexiconBeamSearch | None = None,
     ) -> None:
         self.device = _device(device)
         self.model = packaged.model.to(self.device).eval()
@@ -132,12 +137,16 @@ class Transcriber:
         self.config = packaged.config
         self.trained_as = packaged.info.get("trained_as", "ctc")
         self.options = options or TranscribeOptions()
+        self.language_model = language_model
         self._extractor = fbank_extractor(packaged.config.features)
         self._frame_seconds = packaged.config.features.frame_shift * SUBSAMPLING
 
     @property
     def default_decoder(self) -> str:
-        """``imputer`` for a model trained as an Imputer, else ``ctc``."""
+        """``lm`` when a language model was given, else ``imputer`` for a model trained as an
+        Imputer, else ``ctc``."""
+        if self.language_model is not None:
+            return "lm"
         return "imputer" if self.trained_as == "imputer" else "ctc"
 
     @property
@@ -159,7 +168,8 @@ class Transcriber:
             audio: one input or several: paths of audio files (any format, rate and channel count
                 soundfile reads), or samples as numpy arrays or torch tensors, (samples,) or
                 (channels, samples).
-            decoder: ``"ctc"`` (greedy search) or ``"imputer"`` (K-step block decoding); default
+            decoder: ``"ctc"`` (greedy search), ``"imputer"`` (K-step block decoding) or ``"lm"``
+                (CTC beam search with the transcriber's language model); default
                 :attr:`default_decoder`. The Imputer decoding of a CTC model is well defined (the
                 network starts from an all-[MASK] alignment, which is what it was trained on).
             steps: K for the Imputer, in [1, :attr:`block_size`]; default :attr:`block_size`.
@@ -191,7 +201,9 @@ class Transcriber:
         decoder = self.default_decoder if decoder is None else decoder
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {', '.join(DECODERS)}; got {decoder!r}")
-        if decoder == "ctc":
+        if decoder == "lm" and self.language_model is None:
+            raise ValueError("the lm decoder needs a language model (a lexicon and an ARPA file)")
+        if decoder in ("ctc", "lm"):
             if steps is not None:
                 raise ValueError("steps apply to the imputer decoder only")
             return _Decoding(decoder, 1)
@@ -302,6 +314,9 @@ class Transcriber:
         lengths = torch.tensor([f.size(0) for f in features], device=self.device)
         padded = pad_sequence(features, batch_first=True).to(self.device)
         with torch.inference_mode():
+            if decoding.decoder == "lm":
+                log_probs, frames = self.model(padded, lengths)
+                return self.language_model.alignments(log_probs, frames)
             if decoding.decoder == "ctc":
                 log_probs, frames = self.model(padded, lengths)
                 alignment = greedy_alignment(log_probs, frames)
@@ -342,11 +357,28 @@ def _device(device: str | torch.device) -> torch.device:
 
 
 def load_model(
-    path: str | os.PathLike, device: str | torch.device = "cpu", options: TranscribeOptions | None = None
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    options: TranscribeOptions | None = None,
+    lexicon: str | os.PathLike | None = None,
+    arpa: str | os.PathLike | None = None,
+    lm_weights: LMWeights | None = None,
 ) -> Transcriber:
-    """Load a packaged ``model.pt`` (weights-only) into a :class:`Transcriber`.
+    """Load a packaged ``model.pt`` (weights-only) into a :class:`Transcriber`; with ``lexicon`` (and
+    optionally an ``arpa`` word LM, from ``imputer-asr lm``) it decodes by lexicon-constrained beam
+    search by default (``lm_weights`` from ``imputer-asr tune-lm``).
 
     Raises:
-        ValueError: the file is missing, corrupt or not a packaged model; the device is unavailable.
+        ValueError: the file is missing, corrupt or not a packaged model; the device is unavailable;
+            the lexicon or LM is missing or unreadable.
     """
-    return Transcriber(load_packaged(Path(path)), device, options)
+    packaged = load_packaged(Path(path))
+    language_model = None
+    if lexicon is not None:
+        weights = lm_weights or LMWeights()
+        language_model = LexiconBeamSearch(
+            packaged.tokenizer, Path(lexicon), None if arpa is None else Path(arpa), weights
+        )
+    elif arpa is not None:
+        raise ValueError("an ARPA language model needs a lexicon (the words the search may write)")
+    return Transcriber(packaged, device, options, language_model)

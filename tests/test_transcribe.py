@@ -307,6 +307,47 @@ def test_decoding_arguments_are_checked(
         asr.transcribe([], decoder=decoder, steps=steps)
 
 
+@pytest.fixture(scope="module")
+def lm_files(tokenizer: Tokenizer, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(lexicon, ARPA) of a bigram LM of the three sentences."""
+    from imputer_asr.lm import train_ngram, write_lexicon
+
+    root = tmp_path_factory.mktemp("lm")
+    lm = train_ngram([text.split() for text in TEXTS], order=2)
+    lm.write_arpa(root / "lm.arpa")
+    write_lexicon(lm.vocabulary, tokenizer, root / "lexicon.txt")
+    return root / "lexicon.txt", root / "lm.arpa"
+
+
+def test_lm_decoder_keeps_the_right_words_and_their_times(
+    asr: Transcriber, model_path: Path, lm_files: tuple[Path, Path], speech: Speech, long_path: Path
+) -> None:
+    pytest.importorskip("flashlight.lib.text.decoder")
+    from imputer_asr.lm_decode import LMWeights
+
+    lexicon, arpa = lm_files
+    with_lm = load_model(model_path, options=WINDOWS, lexicon=lexicon, arpa=arpa, lm_weights=LMWeights(0.5))
+    assert with_lm.default_decoder == "lm"
+    inputs = [*speech.paths, long_path]
+    greedy = asr.transcribe(inputs, decoder="ctc")
+    searched = with_lm.transcribe(inputs)
+    assert [t.text for t in searched] == [t.text for t in greedy]  # the greedy words are right here
+    for ours, theirs in zip(searched, greedy, strict=True):
+        for a, b in zip(ours.words, theirs.words, strict=True):
+            # Same first frame; a word ends on the first frame of its last piece, so maybe earlier.
+            assert a.start == pytest.approx(b.start, abs=TIME_TOLERANCE)
+            assert a.start < a.end <= b.end + TIME_TOLERANCE
+
+
+def test_lm_decoder_needs_a_language_model(asr: Transcriber, model_path: Path, lm_files: tuple) -> None:
+    with pytest.raises(ValueError, match="needs a language model"):
+        asr.transcribe([], decoder="lm")
+    with pytest.raises(ValueError, match="needs a lexicon"):
+        load_model(model_path, arpa=lm_files[1])
+    with pytest.raises(ValueError, match="lexicon .*missing.txt does not exist"):
+        load_model(model_path, lexicon=lm_files[0].parent / "missing.txt")
+
+
 def test_import_is_cheap_and_load_model_is_exported() -> None:
     import imputer_asr
 
@@ -523,6 +564,19 @@ def test_bad_decoding_options_are_usage_errors(
     with pytest.raises(SystemExit) as exit_info:
         main(["transcribe", "--model", str(model_path), "--format", "docx", str(speech.paths[0])])
     assert exit_info.value.code == 2
+
+
+def test_command_transcribes_with_the_lm(
+    model_path: Path, lm_files: tuple[Path, Path], speech: Speech, capsys: pytest.CaptureFixture
+) -> None:
+    pytest.importorskip("flashlight.lib.text.decoder")
+    lexicon, arpa = (str(p) for p in lm_files)
+    args = ["--lexicon", lexicon, "--arpa", arpa, "--lm-weight", "0.5", *(str(p) for p in speech.paths)]
+    status, out, err = _transcribe(capsys, model_path, *args)
+    assert status == 0 and err == []
+    assert out == [f"{path}\t{text}" for path, text in zip(speech.paths, TEXTS, strict=True)]
+    status, out, err = _transcribe(capsys, model_path, "--arpa", arpa, str(speech.paths[0]))
+    assert status == 2 and out == [] and "needs a lexicon" in err[0]
 
 
 def test_command_prints_no_traceback_for_a_bad_file(model_path: Path, speech: Speech, tmp_path: Path) -> None:
