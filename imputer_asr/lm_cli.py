@@ -12,6 +12,8 @@ log = logging.getLogger("imputer_asr")
 
 DEFAULT_LM_WEIGHTS = (0.5, 1.0, 1.5, 2.0)
 DEFAULT_WORD_SCORES = (-1.0, 0.0, 1.0)
+# Beam 10 / 50 / 200 / 500 gave 32.4 / 26.0 / 24.4 / 24.1 % dev WER on the full synth setting.
+DEFAULT_BEAM = 200
 
 
 def add_lm(sub) -> None:
@@ -64,7 +66,7 @@ def add_lm_options(p) -> None:
     g.add_argument("--lm-weights", type=Path, help="JSON from `imputer-asr tune-lm` (lm_weight, word_score)")
     g.add_argument("--lm-weight", type=float, default=None, help="overrides --lm-weights")
     g.add_argument("--word-score", type=float, default=None, help="overrides --lm-weights")
-    g.add_argument("--beam-size", type=int, default=50)
+    g.add_argument("--beam-size", type=int, default=DEFAULT_BEAM)
 
 
 def lm_weights_from_args(args):
@@ -114,7 +116,7 @@ def add_tune_lm(sub) -> None:
     p.add_argument("--arpa", type=Path, required=True)
     p.add_argument("--lm-weight", type=float, nargs="+", default=list(DEFAULT_LM_WEIGHTS))
     p.add_argument("--word-score", type=float, nargs="+", default=list(DEFAULT_WORD_SCORES))
-    p.add_argument("--beam-size", type=int, default=50)
+    p.add_argument("--beam-size", type=int, default=DEFAULT_BEAM)
     p.add_argument("--out", type=Path, required=True, help="JSON: the best weights and every grid point")
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=run_tune_lm)

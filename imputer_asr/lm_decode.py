@@ -52,7 +52,7 @@ class LMWeights:
 
     lm_weight: float = 0.5
     word_score: float = 0.0
-    beam_size: int = 50
+    beam_size: int = 200
     beam_threshold: float = 25.0
 
 
@@ -262,7 +262,7 @@ def tune(
     lm: Path,
     lm_weights: Sequence[float],
     word_scores: Sequence[float],
-    beam_size: int = 50,
+    beam_size: int = 200,
     jobs: int = 1,
 ) -> tuple[LMWeights, list[dict]]:
     """Grid search of (lm_weight, word_score) by WER, then CER, on ``emissions`` (a dev set);
