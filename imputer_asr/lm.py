@@ -17,13 +17,12 @@ the BPE pieces of the acoustic model, the form the lexicon-constrained decoder o
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from imputer_asr.scoring import write_text_atomic
 from imputer_asr.tokenizer import Tokenizer
 
 __all__ = ["NgramLM", "train_ngram", "write_lexicon", "BOS", "EOS", "UNK"]
@@ -83,27 +82,18 @@ class NgramLM:
 
     def write_arpa(self, path: Path) -> None:
         """Write the model as an ARPA file, atomically (a temporary file renamed into place)."""
+        lines = ["", "\\data\\"]
+        lines += [f"ngram {k + 1}={len(grams)}" for k, grams in enumerate(self.probs)]
+        for k, grams in enumerate(self.probs):
+            lines += ["", f"\\{k + 1}-grams:"]
+            backoffs = self.backoffs[k] if k < self.order - 1 else {}
+            for gram, logp in grams.items():
+                line = f"{logp:.6f}\t{' '.join(gram)}"
+                lines.append(f"{line}\t{backoffs[gram]:.6f}" if gram in backoffs else line)
+        lines += ["", "\\end\\", ""]
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write("\n\\data\\\n")
-                for k, grams in enumerate(self.probs):
-                    f.write(f"ngram {k + 1}={len(grams)}\n")
-                for k, grams in enumerate(self.probs):
-                    f.write(f"\n\\{k + 1}-grams:\n")
-                    backoffs = self.backoffs[k] if k < self.order - 1 else {}
-                    for gram, logp in grams.items():
-                        line = f"{logp:.6f}\t{' '.join(gram)}"
-                        if gram in backoffs:
-                            line += f"\t{backoffs[gram]:.6f}"
-                        f.write(line + "\n")
-                f.write("\n\\end\\\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_text_atomic(path, "\n".join(lines))
 
 
 def train_ngram(sentences: Iterable[Sequence[str]], order: int = 3) -> NgramLM:
@@ -189,8 +179,5 @@ def write_lexicon(words: Iterable[str], tokenizer: Tokenizer, path: Path) -> int
         if not ids or tokenizer.unk_id in ids:
             continue
         lines.append(f"{word}\t{' '.join(tokenizer.id_to_piece(i) for i in ids)}\n")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.writelines(lines)
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(lines))
     return len(lines)

@@ -128,6 +128,7 @@ def run_tune_lm(args) -> None:
     from imputer_asr.checkpoint import load_packaged
     from imputer_asr.cli import _load_cuts
     from imputer_asr.lm_decode import compute_emissions, tune
+    from imputer_asr.scoring import write_text_atomic
 
     torch.set_num_threads(args.threads)
     packaged = load_packaged(args.model)
@@ -148,10 +149,8 @@ def run_tune_lm(args) -> None:
         "grid": grid,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(args.out)
-    chosen = min(grid, key=lambda r: (r["wer"], r["cer"]))
+    write_text_atomic(args.out, json.dumps(record, indent=2) + "\n")
+    chosen = next(r for r in grid if (r["lm_weight"], r["word_score"]) == (best.lm_weight, best.word_score))
     log.info(
         "%s: lm_weight %.2f, word_score %.2f (dev WER %.2f%%)",
         args.out,

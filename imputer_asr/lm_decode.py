@@ -221,7 +221,6 @@ def _search(
         tasks = [(weights, everything) for weights in grid]
     else:
         tasks = [(grid[0], everything[j::jobs]) for j in range(jobs)]
-    LexiconBeamSearch(tokenizer, lexicon, lm, grid[0])  # fails here, in this process, on bad files
     arrays = [lp.numpy() for lp in emissions.log_probs]
     context = multiprocessing.get_context("spawn")
     init = (tokenizer.model_proto, lexicon, lm, arrays)

@@ -39,7 +39,7 @@ from matplotlib.patches import Patch, Rectangle
 
 from imputer_asr.imputer_decode import ImputerResult
 from imputer_asr.plots import _save_png
-from imputer_asr.scoring import _write_atomic
+from imputer_asr.scoring import write_text_atomic
 from imputer_asr.tokenizer import Tokenizer
 
 __all__ = [
@@ -239,14 +239,14 @@ def fill_results_section(path: Path, table: str, section: str = "results") -> No
     begin, end = text.find(begin_mark), text.find(end_mark)
     if begin < 0 or end < begin:
         raise ValueError(f"{path}: no '{begin_mark}' ... '{end_mark}' section to fill")
-    _write_atomic(path, text[: begin + len(begin_mark)] + "\n" + table + "\n" + text[end:])
+    write_text_atomic(path, text[: begin + len(begin_mark)] + "\n" + table + "\n" + text[end:])
 
 
 def write_markdown_report(rows: Sequence[ResultRow], out_md: Path, title: str = "") -> str:
     """Write the table (under ``# title`` when given) and a note on the columns; return the text."""
     text = (f"# {title}\n\n" if title else "") + format_markdown_table(rows) + f"\n\n{_TABLE_NOTE}\n"
     Path(out_md).parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(Path(out_md), text)
+    write_text_atomic(Path(out_md), text)
     return text
 
 

@@ -46,6 +46,7 @@ __all__ = [
     "score",
     "format_summary",
     "write_report",
+    "write_text_atomic",
 ]
 
 _GAP = "*"
@@ -301,7 +302,7 @@ def _report_json(report: ScoreReport) -> str:
     return json.dumps(payload, indent=2, sort_keys=True) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -325,7 +326,7 @@ def write_report(report: ScoreReport, out_dir: Path, name: str, top_n: int = 30)
         raise ValueError(f"report name must be a plain non-empty file stem, got {name!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out_dir / f"recogs-{name}.txt", _format_recogs(report))
-    _write_atomic(out_dir / f"errs-{name}.txt", _format_errs(report, top_n))
-    _write_atomic(out_dir / f"wer-{name}.txt", format_summary(report) + "\n")
-    _write_atomic(out_dir / f"wer-{name}.json", _report_json(report))
+    write_text_atomic(out_dir / f"recogs-{name}.txt", _format_recogs(report))
+    write_text_atomic(out_dir / f"errs-{name}.txt", _format_errs(report, top_n))
+    write_text_atomic(out_dir / f"wer-{name}.txt", format_summary(report) + "\n")
+    write_text_atomic(out_dir / f"wer-{name}.json", _report_json(report))

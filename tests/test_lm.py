@@ -223,6 +223,13 @@ def test_missing_files_are_named(tokenizer, tmp_path: Path) -> None:
     (tmp_path / "bad.arpa").write_text("not an arpa file\n")
     with pytest.raises(ValueError, match="cannot build the LM decoder"):
         LexiconBeamSearch(tokenizer, lexicon, tmp_path / "bad.arpa", LMWeights())
+    # In worker processes too: their error reaches the caller as the same ValueError.
+    log_probs = _frames(tokenizer, _spelling(tokenizer, "THE CAT"))
+    emissions = Emissions([log_probs] * 2, ["u1", "u2"], ["THE CAT"] * 2, [1.0] * 2, 0.0)
+    with pytest.raises(ValueError, match="language model .*nope.arpa does not exist"):
+        decode_emissions(emissions, tokenizer, lexicon, tmp_path / "nope.arpa", LMWeights(), jobs=2)
+    with pytest.raises(ValueError, match="cannot build the LM decoder"):
+        tune(emissions, tokenizer, lexicon, tmp_path / "bad.arpa", [0.5, 1.0], [0.0], jobs=2)
 
 
 def test_lm_command_writes_arpa_and_lexicon(tokenizer, tmp_path: Path, capsys, caplog) -> None:
