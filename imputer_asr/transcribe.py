@@ -23,7 +23,7 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -35,10 +35,12 @@ from imputer_asr.audio import AudioError, AudioSource, open_audio, plan_windows,
 from imputer_asr.checkpoint import PackagedModel, load_packaged
 from imputer_asr.decode import greedy_alignment
 from imputer_asr.imputer_decode import decode_imputer
-from imputer_asr.lm_decode import LexiconBeamSearch, LMWeights
 from imputer_asr.model import MIN_INPUT_FRAMES, SUBSAMPLING
 from imputer_asr.prepare import fbank_extractor
 from imputer_asr.words import Word, alignment_words, stitch
+
+if TYPE_CHECKING:  # the LM decoder (and flashlight) loads only when a lexicon is given
+    from imputer_asr.lm_decode import LexiconBeamSearch, LMWeights
 
 __all__ = ["DECODERS", "TranscribeOptions", "Transcript", "Transcriber", "load_model"]
 
@@ -375,6 +377,8 @@ def load_model(
     packaged = load_packaged(Path(path))
     language_model = None
     if lexicon is not None:
+        from imputer_asr.lm_decode import LexiconBeamSearch, LMWeights
+
         weights = lm_weights or LMWeights()
         language_model = LexiconBeamSearch(
             packaged.tokenizer, Path(lexicon), None if arpa is None else Path(arpa), weights
