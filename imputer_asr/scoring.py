@@ -47,6 +47,7 @@ __all__ = [
     "format_summary",
     "write_report",
     "write_text_atomic",
+    "write_bytes_atomic",
 ]
 
 _GAP = "*"
@@ -303,17 +304,35 @@ def _report_json(report: ScoreReport) -> str:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``."""
+    """Write ``text`` (UTF-8) to a temporary file beside ``path`` and rename it over ``path``."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path`` and rename it over ``path``.
+
+    The file gets the permissions a plain ``open`` would give it (0666 less the umask), not the
+    owner-only 0600 of the temporary file.
+    """
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process umask (read by setting it and putting it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_report(report: ScoreReport, out_dir: Path, name: str, top_n: int = 30) -> None:
