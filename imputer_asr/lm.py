@@ -17,17 +17,19 @@ the BPE pieces of the acoustic model, the form the lexicon-constrained decoder o
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from imputer_asr.scoring import write_text_atomic
 from imputer_asr.tokenizer import Tokenizer
 
-__all__ = ["NgramLM", "train_ngram", "write_lexicon", "BOS", "EOS", "UNK"]
+__all__ = ["NgramLM", "train_ngram", "load_word_prior", "write_lexicon", "BOS", "EOS", "UNK"]
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
+_LIBRISPEECH_WORD = re.compile(r"[A-Z]+(?:'[A-Z]+)*")
 _LOG10_ZERO = -99.0  # how ARPA files write log10(0), here the probability of <s>
 
 
@@ -96,16 +98,28 @@ class NgramLM:
         write_text_atomic(path, "\n".join(lines))
 
 
-def train_ngram(sentences: Iterable[Sequence[str]], order: int = 3) -> NgramLM:
+def train_ngram(
+    sentences: Iterable[Sequence[str]],
+    order: int = 3,
+    prior: Mapping[str, float] | None = None,
+    prior_uniform_share: float = 0.1,
+) -> NgramLM:
     """Interpolated Kneser-Ney estimate of an ``order``-gram model of ``sentences`` (word lists).
 
     Orders below the highest count each n-gram by its number of distinct left extensions (its
     "continuation count"), except n-grams that start with <s>, which nothing precedes. Each order
     discounts with D = n1 / (n1 + 2 n2) from its counts-of-counts; the unigrams interpolate with a
-    uniform distribution over the vocabulary and <unk>, so every word has a probability.
+    base distribution, so every word has a probability.
+
+    Without ``prior`` the base is uniform over the vocabulary and <unk>. ``prior`` (word -> relative
+    frequency, e.g. from a large general corpus) adds its words to the vocabulary and makes the base
+    ``(1 - prior_uniform_share) * prior + prior_uniform_share * uniform``: the mass Kneser-Ney sets
+    aside for words it has not seen goes to them in proportion to how common they are elsewhere.
     """
     if order < 1:
         raise ValueError(f"order must be at least 1, got {order}")
+    if not 0.0 < prior_uniform_share <= 1.0:
+        raise ValueError(f"prior_uniform_share must be in (0, 1], got {prior_uniform_share}")
     raw: list[Counter[tuple[str, ...]]] = [Counter() for _ in range(order)]
     for words in sentences:
         padded = (BOS, *words, EOS)
@@ -119,11 +133,13 @@ def train_ngram(sentences: Iterable[Sequence[str]], order: int = 3) -> NgramLM:
     probs: list[dict[tuple[str, ...], float]] = [{} for _ in range(order)]
     backoffs: list[dict[tuple[str, ...], float]] = [{} for _ in range(order - 1)]
     linear: list[dict[tuple[str, ...], float]] = [{} for _ in range(order)]
-    vocab = sorted({gram[0] for gram in counts[0]} | {UNK})
+    prior = {w: f for w, f in (prior or {}).items() if f > 0 and w not in (BOS, EOS, UNK)}
+    vocab = sorted({gram[0] for gram in counts[0]} | set(prior) | {UNK})
+    base = _base_distribution(vocab, prior, prior_uniform_share)
     discount, total = _discount(counts[0]), sum(counts[0].values())
     leftover = discount * len(counts[0]) / total
     for word in vocab:
-        linear[0][(word,)] = max(counts[0][(word,)] - discount, 0) / total + leftover / len(vocab)
+        linear[0][(word,)] = max(counts[0][(word,)] - discount, 0) / total + leftover * base[word]
     for k in range(1, order):
         discount = _discount(counts[k])
         context_total: Counter[tuple[str, ...]] = Counter()
@@ -141,6 +157,17 @@ def train_ngram(sentences: Iterable[Sequence[str]], order: int = 3) -> NgramLM:
         probs[k] = {gram: math.log10(p) for gram, p in sorted(linear[k].items())}
     probs[0] = {(BOS,): _LOG10_ZERO, **probs[0]}
     return NgramLM(order=order, probs=probs, backoffs=backoffs)
+
+
+def _base_distribution(
+    vocab: list[str], prior: Mapping[str, float], uniform_share: float
+) -> dict[str, float]:
+    """What the unigrams interpolate with: uniform over ``vocab``, or ``prior`` mixed with it."""
+    uniform = 1.0 / len(vocab)
+    if not prior:
+        return dict.fromkeys(vocab, uniform)
+    norm = (1.0 - uniform_share) / sum(prior.values())
+    return {w: norm * prior.get(w, 0.0) + uniform_share * uniform for w in vocab}
 
 
 def _adjusted_counts(raw: list[Counter[tuple[str, ...]]]) -> list[Counter[tuple[str, ...]]]:
@@ -164,6 +191,46 @@ def _discount(counts: Counter[tuple[str, ...]]) -> float:
     if n1 == 0 or n2 == 0:
         return 0.5
     return min(max(n1 / (n1 + 2 * n2), 0.1), 0.9)
+
+
+def load_word_prior(source: str, size: int) -> dict[str, float]:
+    """The ``size`` most frequent words of ``source`` with their relative frequencies, for
+    :func:`train_ngram`'s ``prior``.
+
+    ``source`` is ``wordfreq`` (English word frequencies of the wordfreq package, gathered from
+    Wikipedia, subtitles, news, books and the web; they hold no sentences, so they cannot leak a
+    test transcript) or a text file of ``word<TAB>count`` lines. Words are upper-cased, and only
+    words written the LibriSpeech way (letters, inner apostrophes) are kept.
+    """
+    if size < 1:
+        raise ValueError(f"the prior's size must be at least 1, got {size}")
+    if source == "wordfreq":
+        try:
+            from wordfreq import get_frequency_dict
+        except ImportError:
+            raise ValueError("the wordfreq prior needs the wordfreq package: pip install wordfreq") from None
+        pairs = get_frequency_dict("en", wordlist="large").items()
+    else:
+        pairs = []
+        try:
+            lines = Path(source).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read word counts {source}: {exc}") from None
+        for number, line in enumerate(lines, 1):
+            fields = line.split()
+            try:
+                word, count = fields[0], float(fields[1])
+            except (IndexError, ValueError):
+                raise ValueError(f"{source}:{number}: expected 'word<TAB>count', got {line!r}") from None
+            pairs.append((word, count))
+    words: dict[str, float] = {}
+    for word, freq in pairs:
+        word = word.upper()
+        if freq > 0 and _LIBRISPEECH_WORD.fullmatch(word):
+            words[word] = words.get(word, 0.0) + freq
+    if not words:
+        raise ValueError(f"{source}: no words written in letters and apostrophes")
+    return dict(sorted(words.items(), key=lambda item: (-item[1], item[0]))[:size])
 
 
 def write_lexicon(words: Iterable[str], tokenizer: Tokenizer, path: Path) -> int:

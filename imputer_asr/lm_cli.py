@@ -22,6 +22,18 @@ def add_lm(sub) -> None:
     p.add_argument("--part", default="train", help="the transcripts to learn from (never dev or test)")
     p.add_argument("--text", type=Path, nargs="*", default=[], help="more text files, a sentence a line")
     p.add_argument("--order", type=int, default=3)
+    p.add_argument(
+        "--prior",
+        help="unigram prior that adds words the transcripts lack: 'wordfreq' (English word frequencies "
+        "of the wordfreq package) or a file of 'word<TAB>count' lines",
+    )
+    p.add_argument("--prior-size", type=int, default=100_000, help="keep the prior's N most frequent words")
+    p.add_argument(
+        "--prior-uniform-share",
+        type=float,
+        default=0.5,
+        help="share of a uniform distribution mixed into the prior (higher: trust the prior less)",
+    )
     p.add_argument("--eval-part", help="a held-out part (dev) to report the perplexity and OOV rate on")
     p.add_argument("--bpe", type=Path, required=True, help="the acoustic model's tokenizer")
     p.add_argument("--arpa", type=Path, required=True, help="output language model")
@@ -30,7 +42,7 @@ def add_lm(sub) -> None:
 
 
 def run_lm(args) -> None:
-    from imputer_asr.lm import train_ngram, write_lexicon
+    from imputer_asr.lm import load_word_prior, train_ngram, write_lexicon
     from imputer_asr.prepare import manifest_texts
     from imputer_asr.tokenizer import Tokenizer
 
@@ -42,7 +54,8 @@ def run_lm(args) -> None:
         except (OSError, UnicodeDecodeError) as exc:
             raise ValueError(f"cannot read text file {path}: {exc}") from None
         sentences += [line.upper().split() for line in lines if line.strip()]
-    lm = train_ngram(sentences, order=args.order)
+    prior = load_word_prior(args.prior, args.prior_size) if args.prior else None
+    lm = train_ngram(sentences, order=args.order, prior=prior, prior_uniform_share=args.prior_uniform_share)
     words = write_lexicon(lm.vocabulary, tokenizer, args.lexicon)
     lm.write_arpa(args.arpa)  # last: the recipe's make target
     sizes = ", ".join(f"{len(grams)} {k + 1}-grams" for k, grams in enumerate(lm.probs))

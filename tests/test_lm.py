@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from imputer_asr.cli import main
-from imputer_asr.lm import BOS, EOS, UNK, train_ngram, write_lexicon
+from imputer_asr.lm import BOS, EOS, UNK, load_word_prior, train_ngram, write_lexicon
 from imputer_asr.lm_decode import Emissions, LexiconBeamSearch, LMWeights, decode_emissions, tune
+from imputer_asr.scoring import _umask
 from imputer_asr.tokenizer import train_tokenizer
 
 TEXTS = [
@@ -54,6 +55,62 @@ def test_every_context_is_a_distribution(order: int) -> None:
     for context in contexts:
         total = sum(10 ** lm.log10_prob(w, context) for w in words)
         assert math.isclose(total, 1.0, rel_tol=1e-9), context
+
+
+def test_prior_shares_the_unseen_mass_by_frequency() -> None:
+    # The corpus of the hand-computed test above, with a prior over B and two words it never saw.
+    # Kneser-Ney sets aside D1 * 4 / 6 = 2/9 of the unigram mass; with uniform share 0.2 it goes
+    # 0.8 * prior + 0.2 / 7 to each of the seven words (A B C </s> <unk> DOG CAT).
+    prior = {"B": 2.0, "DOG": 6.0, "CAT": 2.0}
+    lm = train_ngram([["A", "B"], ["A", "C"], ["B"]], order=2, prior=prior, prior_uniform_share=0.2)
+    assert set(lm.vocabulary) == {BOS, "A", "B", "C", EOS, UNK, "DOG", "CAT"}
+    leftover = 2 / 9
+
+    def base(f):
+        return 0.8 * f / 10 + 0.2 / 7
+
+    assert math.isclose(10 ** lm.log10_prob("DOG", ()), leftover * base(6))
+    assert math.isclose(10 ** lm.log10_prob("CAT", ()), leftover * base(2))
+    assert math.isclose(10 ** lm.log10_prob("B", ()), (2 - 1 / 3) / 6 + leftover * base(2))
+    assert math.isclose(10 ** lm.log10_prob("C", ()), (1 - 1 / 3) / 6 + leftover * base(0))
+    assert math.isclose(10 ** lm.log10_prob(UNK, ()), leftover * base(0))
+    # A word of the prior backs off from a seen context like any other: weight(A) = 1/2.
+    assert math.isclose(10 ** lm.log10_prob("DOG", ["A"]), 0.5 * leftover * base(6))
+    with pytest.raises(ValueError, match="prior_uniform_share"):
+        train_ngram([["A"]], prior=prior, prior_uniform_share=0.0)
+
+
+@pytest.mark.parametrize("order", [1, 3])
+def test_a_prior_keeps_every_context_a_distribution(order: int) -> None:
+    prior = {"THE": 50.0, "ZEBRA": 3.0, "GIRAFFE": 1.0, "CAT": 7.0, "<s>": 9.0, "NEVER": 0.0}
+    lm = train_ngram([text.split() for text in TEXTS[:6]], order=order, prior=prior)
+    assert "ZEBRA" in lm.vocabulary and "NEVER" not in lm.vocabulary
+    words = [w for w in lm.vocabulary if w != BOS]
+    for context in [(), (BOS,), ("THE",), ("THE", "CAT"), ("ZEBRA", "THE")]:
+        total = sum(10 ** lm.log10_prob(w, context) for w in words)
+        assert math.isclose(total, 1.0, rel_tol=1e-9), context
+
+
+def test_load_word_prior_from_a_counts_file(tmp_path: Path, capsys) -> None:
+    counts = tmp_path / "counts.tsv"
+    counts.write_text("the\t100\ncat\t5\nCat\t5\nr2d2\t50\ndon't\t7\n'tis\t9\nzebra\t1\n")
+    assert load_word_prior(str(counts), 3) == {"THE": 100.0, "CAT": 10.0, "DON'T": 7.0}
+    counts.write_text("the\t100\ncat five\n")
+    with pytest.raises(ValueError, match=r"counts.tsv:2: expected"):
+        load_word_prior(str(counts), 3)
+    with pytest.raises(ValueError, match="cannot read word counts"):
+        load_word_prior(str(tmp_path / "absent.tsv"), 3)
+    counts.write_text("42\t1\n")
+    with pytest.raises(ValueError, match="no words"):
+        load_word_prior(str(counts), 3)
+
+
+def test_load_word_prior_from_wordfreq() -> None:
+    pytest.importorskip("wordfreq")
+    prior = load_word_prior("wordfreq", 1000)
+    assert len(prior) == 1000
+    assert next(iter(prior)) == "THE"
+    assert "DON'T" in prior and all(w == w.upper() for w in prior)
 
 
 def test_kenlm_reads_our_arpa_and_agrees(tmp_path: Path) -> None:
@@ -277,6 +334,12 @@ def test_lm_command_writes_arpa_and_lexicon(tokenizer, tmp_path: Path, capsys, c
     assert "CAT" in (tmp_path / "lexicon.txt").read_text().split()
     assert main([*args, *out, "--text", str(tmp_path / "absent.txt")]) == 1
     assert "cannot read text file" in capsys.readouterr().err
+    (tmp_path / "counts.tsv").write_text("toad\t3\nthe\t9\n")
+    assert main([*args, *out, "--prior", str(tmp_path / "counts.tsv"), "--prior-size", "1"]) == 0
+    assert "TOAD" not in (tmp_path / "lexicon.txt").read_text().split()
+    assert main([*args, *out, "--prior", str(tmp_path / "counts.tsv")]) == 0
+    assert "TOAD" in (tmp_path / "lexicon.txt").read_text().split()
+    assert (tmp_path / "lm.arpa").stat().st_mode & 0o777 == 0o666 & ~_umask()
 
 
 def test_decode_refuses_arpa_without_lexicon(tmp_path: Path, capsys) -> None:
