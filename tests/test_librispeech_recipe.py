@@ -119,9 +119,12 @@ def test_recipe_end_to_end(tiny_librispeech, tmp_path):
         "VOCAB=40",
         "LM_WEIGHTS=0.5 1",
         "WORD_SCORES=0",
+        "LM_PRIOR_SIZE=2000",  # wordfreq's 2,000 commonest words join the transcripts' own
         timeout=300,
     )
     assert lm.returncode == 0, lm.stdout[-3000:] + lm.stderr[-3000:]
+    lexicons = list((tmp_path / "data").glob("*/lang/lexicon_bpe40-wordfreq2000.txt"))
+    assert len(lexicons) == 1 and "BECAUSE" in lexicons[0].read_text().split()
     tuned = json.loads((tmp_path / "exp" / "ctc" / "lm-weights.json").read_text())
     assert [g["lm_weight"] for g in tuned["grid"]] == [0.5, 1.0]
     for part in LIBRISPEECH_PARTS[1:]:
