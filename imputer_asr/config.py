@@ -51,6 +51,11 @@ class ModelConfig:
 
     ``vocab_size`` counts the output classes (blank included); the alignment embedding has one more
     entry, ``mask_id``. Both special ids come from the tokenizer and are stored here explicitly.
+
+    ``interctc_layer`` k > 0 adds intermediate CTC (Lee & Watanabe, ICASSP 2021) to CTC training: the
+    output of block k is read out through the same output layer, and the loss becomes
+    ``(1 - interctc_weight) * CTC(final) + interctc_weight * CTC(block k)``. It adds no parameters
+    and changes nothing at decoding time.
     """
 
     vocab_size: int = 0
@@ -65,6 +70,8 @@ class ModelConfig:
     conv_kernel: int = 15
     dropout: float = 0.1
     inject_layer: int = 0
+    interctc_layer: int = 0
+    interctc_weight: float = 0.3
 
 
 @dataclass(frozen=True)

@@ -191,6 +191,13 @@ class ImputerModel(nn.Module):
             raise ValueError(f"mask_id must be vocab_size ({cfg.vocab_size}), got {cfg.mask_id}")
         if not 0 <= cfg.inject_layer < cfg.num_layers:
             raise ValueError(f"inject_layer must be in [0, {cfg.num_layers}), got {cfg.inject_layer}")
+        if cfg.interctc_layer and not cfg.inject_layer < cfg.interctc_layer < cfg.num_layers:
+            raise ValueError(
+                f"interctc_layer must be 0 or in ({cfg.inject_layer}, {cfg.num_layers}) (above inject_layer, "
+                f"below the last block), got {cfg.interctc_layer}"
+            )
+        if not 0.0 <= cfg.interctc_weight < 1.0:
+            raise ValueError(f"interctc_weight must be in [0, 1), got {cfg.interctc_weight}")
         self.cfg = cfg
         # Global feature normalisation (CMVN), set from training data by ``set_feature_stats``;
         # buffers, so they travel inside every checkpoint and packaged model.
@@ -230,6 +237,20 @@ class ImputerModel(nn.Module):
         x = hidden + self.align_embed(tokens)
         x = self._run_blocks(x, lengths, self.blocks[self.cfg.inject_layer :])
         return self.output(x).log_softmax(dim=-1)
+
+    def impute_with_intermediate(
+        self, hidden: Tensor, lengths: Tensor, tokens: Tensor
+    ) -> tuple[Tensor, Tensor | None]:
+        """:meth:`impute`, and the log-probs of block ``interctc_layer``'s output read out through
+        the same output layer (None when ``interctc_layer`` is 0)."""
+        if not self.cfg.interctc_layer:
+            return self.impute(hidden, lengths, tokens), None
+        split = self.cfg.interctc_layer - self.cfg.inject_layer
+        top = self.blocks[self.cfg.inject_layer :]
+        x = self._run_blocks(hidden + self.align_embed(tokens), lengths, top[:split])
+        intermediate = self.output(x).log_softmax(dim=-1)
+        x = self._run_blocks(x, lengths, top[split:])
+        return self.output(x).log_softmax(dim=-1), intermediate
 
     def all_mask(self, hidden: Tensor) -> Tensor:
         """The all-[MASK] alignment for ``hidden`` (N, T', d)."""

@@ -45,9 +45,15 @@ Objective = Callable[[ImputerModel, dict], tuple[Tensor, int]]
 
 
 def ctc_objective(model: ImputerModel, batch: dict) -> tuple[Tensor, int]:
-    """CTC loss of the all-[MASK] network."""
-    log_probs, lengths = model(batch["features"], batch["feature_lengths"])
-    return _ctc_loss_sum(log_probs, lengths, batch, model.cfg.blank_id), int(batch["target_lengths"].sum())
+    """CTC loss of the all-[MASK] network, mixed with intermediate CTC when the model's
+    ``interctc_layer`` is set (see :class:`~imputer_asr.config.ModelConfig`)."""
+    hidden, lengths = model.encode_acoustic(batch["features"], batch["feature_lengths"])
+    log_probs, intermediate = model.impute_with_intermediate(hidden, lengths, model.all_mask(hidden))
+    loss = _ctc_loss_sum(log_probs, lengths, batch, model.cfg.blank_id)
+    if intermediate is not None:
+        weight = model.cfg.interctc_weight
+        loss = (1 - weight) * loss + weight * _ctc_loss_sum(intermediate, lengths, batch, model.cfg.blank_id)
+    return loss, int(batch["target_lengths"].sum())
 
 
 def _ctc_loss_sum(log_probs: Tensor, lengths: Tensor, batch: dict, blank: int) -> Tensor:

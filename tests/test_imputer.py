@@ -13,6 +13,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from lhotse import CutSet
 from lhotse.utils import fastcopy
 
@@ -250,6 +251,23 @@ def test_objective_fully_masked_is_ctc():
     torch.testing.assert_close(loss, want)
     loss, _ = imputer_objective(block_size=1, ctc_weight=0.5)(model, batch)
     torch.testing.assert_close(loss, 1.5 * want)
+
+
+def test_ctc_objective_mixes_in_intermediate_ctc():
+    model = _model(inject_layer=1, num_layers=3)
+    model.eval()
+    batch = _aligned_batch(model)
+    plain, tokens = ctc_objective(model, batch)
+    mixed_model = ImputerModel(dataclasses.replace(model.cfg, interctc_layer=2, interctc_weight=0.25)).eval()
+    mixed_model.load_state_dict(model.state_dict())
+    mixed, mixed_tokens = ctc_objective(mixed_model, batch)
+    hidden, lengths = model.encode_acoustic(batch["features"], batch["feature_lengths"])
+    _, intermediate = mixed_model.impute_with_intermediate(hidden, lengths, model.all_mask(hidden))
+    inter = F.ctc_loss(
+        intermediate.transpose(0, 1), batch["targets"], lengths, batch["target_lengths"], reduction="sum"
+    )
+    assert mixed_tokens == tokens
+    torch.testing.assert_close(mixed, 0.75 * plain + 0.25 * inter)
 
 
 def test_objective_observed_frames_get_no_gradient(monkeypatch):

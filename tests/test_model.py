@@ -134,6 +134,24 @@ def test_forward_is_encode_then_impute(inject_layer: int) -> None:
         assert torch.equal(model(batch, lengths, tokens)[0], model.impute(hidden, out_lengths, tokens))
 
 
+@pytest.mark.parametrize("inject_layer", [0, 1])
+def test_intermediate_read_out_is_the_lower_blocks_through_the_same_layer(inject_layer: int) -> None:
+    model = _model(inject_layer=inject_layer, interctc_layer=2).eval()
+    plain = ImputerModel(dataclasses.replace(model.cfg, interctc_layer=0)).eval()
+    plain.load_state_dict(model.state_dict())  # intermediate CTC adds no parameters
+    _, batch, lengths = _ragged_batch()
+    with torch.no_grad():
+        hidden, out_lengths = model.encode_acoustic(batch, lengths)
+        tokens = model.all_mask(hidden)
+        final, intermediate = model.impute_with_intermediate(hidden, out_lengths, tokens)
+        assert torch.equal(final, plain.impute(hidden, out_lengths, tokens))
+        # Oracle: run the first two blocks by hand (a model whose top is cut after block 2).
+        cut = ImputerModel(dataclasses.replace(model.cfg, num_layers=2, interctc_layer=0)).eval()
+        cut.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("blocks.2.")})
+        torch.testing.assert_close(intermediate, cut.impute(hidden, out_lengths, tokens))
+        assert plain.impute_with_intermediate(hidden, out_lengths, tokens)[1] is None
+
+
 def test_injected_tokens_only_reach_the_top_blocks() -> None:
     model = _model(inject_layer=2).eval()
     _, batch, lengths = _ragged_batch()
@@ -176,6 +194,9 @@ def test_log_probs_normalised(inject_layer: int) -> None:
         ({"d_model": 18, "num_heads": 2}, "heads"),  # heads of odd size cannot be rotated
         ({"vocab_size": 1, "mask_id": 1}, "vocabulary"),
         ({"blank_id": VOCAB}, "vocabulary"),
+        ({"interctc_layer": 3}, "interctc_layer"),
+        ({"interctc_layer": 1, "inject_layer": 1}, "interctc_layer"),
+        ({"interctc_layer": 1, "interctc_weight": 1.0}, "interctc_weight"),
     ],
 )
 def test_bad_config_raises(changes: dict, needle: str) -> None:
