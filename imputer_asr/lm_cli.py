@@ -14,6 +14,8 @@ DEFAULT_LM_WEIGHTS = (0.5, 1.0, 1.5, 2.0)
 DEFAULT_WORD_SCORES = (-1.0, 0.0, 1.0)
 # Beam 10 / 50 / 200 / 500 gave 32.4 / 26.0 / 24.4 / 24.1 % dev WER on the full synth setting.
 DEFAULT_BEAM = 200
+DEFAULT_BEAM_TOKENS = None
+BEAM_TOKENS_HELP = "pieces the search tries at each frame, the likeliest first (default: all)"
 
 
 def add_lm(sub) -> None:
@@ -80,6 +82,7 @@ def add_lm_options(p) -> None:
     g.add_argument("--lm-weight", type=float, default=None, help="overrides --lm-weights")
     g.add_argument("--word-score", type=float, default=None, help="overrides --lm-weights")
     g.add_argument("--beam-size", type=int, default=DEFAULT_BEAM)
+    g.add_argument("--beam-size-token", type=int, default=DEFAULT_BEAM_TOKENS, help=BEAM_TOKENS_HELP)
 
 
 def lm_weights_from_args(args):
@@ -97,7 +100,7 @@ def lm_weights_from_args(args):
         values["lm_weight"] = args.lm_weight
     if args.word_score is not None:
         values["word_score"] = args.word_score
-    return LMWeights(beam_size=args.beam_size, **values)
+    return LMWeights(beam_size=args.beam_size, beam_size_token=args.beam_size_token, **values)
 
 
 def decode_with_lm(args, packaged, cuts):
@@ -130,6 +133,7 @@ def add_tune_lm(sub) -> None:
     p.add_argument("--lm-weight", type=float, nargs="+", default=list(DEFAULT_LM_WEIGHTS))
     p.add_argument("--word-score", type=float, nargs="+", default=list(DEFAULT_WORD_SCORES))
     p.add_argument("--beam-size", type=int, default=DEFAULT_BEAM)
+    p.add_argument("--beam-size-token", type=int, default=DEFAULT_BEAM_TOKENS, help=BEAM_TOKENS_HELP)
     p.add_argument("--out", type=Path, required=True, help="JSON: the best weights and every grid point")
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=run_tune_lm)
@@ -155,6 +159,7 @@ def run_tune_lm(args) -> None:
         args.word_score,
         beam_size=args.beam_size,
         jobs=args.threads,
+        beam_size_token=args.beam_size_token,
     )
     record = {
         "best": {"lm_weight": best.lm_weight, "word_score": best.word_score},

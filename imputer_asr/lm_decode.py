@@ -54,6 +54,7 @@ class LMWeights:
     word_score: float = 0.0
     beam_size: int = 200
     beam_threshold: float = 25.0
+    beam_size_token: int | None = None  # pieces tried per frame, the likeliest first; None: all
 
 
 class LexiconBeamSearch:
@@ -76,6 +77,7 @@ class LexiconBeamSearch:
             "lm": None if lm is None else str(lm),
             "beam_size": weights.beam_size,
             "beam_threshold": weights.beam_threshold,
+            "beam_size_token": weights.beam_size_token,
             "lm_weight": weights.lm_weight,
             "word_score": weights.word_score,
             "blank_token": BLANK_PIECE,
@@ -263,11 +265,12 @@ def tune(
     word_scores: Sequence[float],
     beam_size: int = 200,
     jobs: int = 1,
+    beam_size_token: int | None = None,
 ) -> tuple[LMWeights, list[dict]]:
     """Grid search of (lm_weight, word_score) by WER, then CER, on ``emissions`` (a dev set);
     returns the best weights and one record per grid point."""
     grid = [
-        LMWeights(lm_weight=w, word_score=s, beam_size=beam_size)
+        LMWeights(lm_weight=w, word_score=s, beam_size=beam_size, beam_size_token=beam_size_token)
         for w, s in itertools.product(lm_weights, word_scores)
     ]
     if not grid:

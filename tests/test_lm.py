@@ -224,7 +224,13 @@ def test_lexicon_turns_a_misspelling_into_a_word(tokenizer, tmp_path: Path) -> N
     log_probs = _frames(tokenizer, _spelling(tokenizer, "THE") + dog)
     greedy = tokenizer.decode([*tokenizer.encode("THE"), *tokenizer.encode("DOG")[:-1], wrong])
     assert greedy != "THE DOG"
-    assert search(log_probs.unsqueeze(0), torch.tensor([log_probs.shape[0]])) == ["THE DOG"]
+    lengths = torch.tensor([log_probs.shape[0]])
+    assert search(log_probs.unsqueeze(0), lengths) == ["THE DOG"]
+    # "G" is the second likeliest piece at its frame: trying 2 pieces per frame still finds it, 1 cannot.
+    for tried, found in ((2, True), (1, False)):
+        weights = LMWeights(lm_weight=0.0, beam_size_token=tried)
+        narrow = LexiconBeamSearch(tokenizer, lexicon, None, weights)
+        assert (narrow(log_probs.unsqueeze(0), lengths) == ["THE DOG"]) is found
 
 
 def test_language_model_decides_between_words_the_frames_cannot(tokenizer, tmp_path: Path) -> None:
