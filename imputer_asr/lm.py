@@ -26,10 +26,21 @@ from pathlib import Path
 from imputer_asr.scoring import write_text_atomic
 from imputer_asr.tokenizer import Tokenizer
 
-__all__ = ["NgramLM", "train_ngram", "load_word_prior", "write_lexicon", "BOS", "EOS", "UNK"]
+__all__ = [
+    "NgramLM",
+    "train_ngram",
+    "load_word_prior",
+    "write_lexicon",
+    "DEFAULT_PRIOR_UNIFORM_SHARE",
+    "BOS",
+    "EOS",
+    "UNK",
+]
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 _LIBRISPEECH_WORD = re.compile(r"[A-Z]+(?:'[A-Z]+)*")
+DEFAULT_PRIOR_UNIFORM_SHARE = 0.5
+"""Uniform share mixed into a unigram prior (full synth dev perplexity: 522 at 0.5, 534 at 0.1)."""
 _LOG10_ZERO = -99.0  # how ARPA files write log10(0), here the probability of <s>
 
 
@@ -102,7 +113,7 @@ def train_ngram(
     sentences: Iterable[Sequence[str]],
     order: int = 3,
     prior: Mapping[str, float] | None = None,
-    prior_uniform_share: float = 0.1,
+    prior_uniform_share: float = DEFAULT_PRIOR_UNIFORM_SHARE,
 ) -> NgramLM:
     """Interpolated Kneser-Ney estimate of an ``order``-gram model of ``sentences`` (word lists).
 

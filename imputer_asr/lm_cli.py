@@ -33,8 +33,8 @@ def add_lm(sub) -> None:
     p.add_argument(
         "--prior-uniform-share",
         type=float,
-        default=0.5,
-        help="share of a uniform distribution mixed into the prior (higher: trust the prior less)",
+        help="share of a uniform distribution mixed into the prior, higher to trust the prior less "
+        "(default: imputer_asr.lm.DEFAULT_PRIOR_UNIFORM_SHARE, 0.5)",
     )
     p.add_argument("--eval-part", help="a held-out part (dev) to report the perplexity and OOV rate on")
     p.add_argument("--bpe", type=Path, required=True, help="the acoustic model's tokenizer")
@@ -44,7 +44,7 @@ def add_lm(sub) -> None:
 
 
 def run_lm(args) -> None:
-    from imputer_asr.lm import load_word_prior, train_ngram, write_lexicon
+    from imputer_asr.lm import DEFAULT_PRIOR_UNIFORM_SHARE, load_word_prior, train_ngram, write_lexicon
     from imputer_asr.prepare import manifest_texts
     from imputer_asr.tokenizer import Tokenizer
 
@@ -57,7 +57,8 @@ def run_lm(args) -> None:
             raise ValueError(f"cannot read text file {path}: {exc}") from None
         sentences += [line.upper().split() for line in lines if line.strip()]
     prior = load_word_prior(args.prior, args.prior_size) if args.prior else None
-    lm = train_ngram(sentences, order=args.order, prior=prior, prior_uniform_share=args.prior_uniform_share)
+    share = DEFAULT_PRIOR_UNIFORM_SHARE if args.prior_uniform_share is None else args.prior_uniform_share
+    lm = train_ngram(sentences, order=args.order, prior=prior, prior_uniform_share=share)
     words = write_lexicon(lm.vocabulary, tokenizer, args.lexicon)
     lm.write_arpa(args.arpa)  # last: the recipe's make target
     sizes = ", ".join(f"{len(grams)} {k + 1}-grams" for k, grams in enumerate(lm.probs))
