@@ -302,6 +302,8 @@ def _run_decode(args) -> None:
 def _write_decoding(args, hyps, seconds: float, **extra) -> dict:
     """Write ``timing-<name>.json`` then ``hyps-<name>.jsonl`` (last and atomically: it is the make
     target of a decode stage); returns the timing record."""
+    from imputer_asr.scoring import write_text_atomic
+
     audio = sum(h.duration for h in hyps)
     timing = {
         "utterances": len(hyps),
@@ -314,9 +316,7 @@ def _write_decoding(args, hyps, seconds: float, **extra) -> dict:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / f"timing-{args.name}.json").write_text(json.dumps(timing, indent=2) + "\n")
     out = args.out_dir / f"hyps-{args.name}.jsonl"
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(dataclasses.asdict(h)) + "\n" for h in hyps))
-    tmp.replace(out)
+    write_text_atomic(out, "".join(json.dumps(dataclasses.asdict(h)) + "\n" for h in hyps))
     return timing
 
 
