@@ -183,6 +183,21 @@ def _load_cuts(path: Path):
     return CutSet.from_file(path).to_eager()
 
 
+def _positive_float(text: str) -> float:
+    """argparse type: a number above 0 (argparse reports the error with the option's name)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _hours(cuts) -> float:
+    return sum(cut.duration for cut in cuts) / 3600.0
+
+
 def _trainable(cuts, tokenizer, cfg):
     """Drop cuts that CTC cannot align with this tokenizer (the fbank stage filtered with the one
     it was given; a tokenizer trained later with another vocabulary may need more frames)."""
@@ -359,6 +374,13 @@ def _add_align(sub) -> None:
     p.add_argument("--cuts", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="cuts manifest with alignments (.jsonl.gz)")
     p.add_argument("--max-duration", type=float, default=200.0, help="seconds of audio per batch")
+    p.add_argument(
+        "--max-hours",
+        type=_positive_float,
+        default=None,
+        help="align a seeded random subset with this much audio (default: every cut)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the --max-hours subset")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=_run_align)
@@ -368,14 +390,23 @@ def _run_align(args) -> None:
     import torch
 
     from imputer_asr.checkpoint import load_packaged
-    from imputer_asr.imputer_train import align_cuts
+    from imputer_asr.imputer_train import align_cuts, sample_hours
 
     torch.set_num_threads(args.threads)
     packaged = load_packaged(args.model)
     packaged.model.to(args.device)
-    cuts = align_cuts(
-        packaged.model, _load_cuts(args.cuts), packaged.tokenizer, max_duration=args.max_duration
-    )
+    cuts = _load_cuts(args.cuts)
+    if args.max_hours is not None:
+        subset = sample_hours(cuts, args.max_hours, seed=args.seed)
+        log.info(
+            "aligning %d of %d cuts (%.2f of %.2f h)",
+            len(subset),
+            len(cuts),
+            _hours(subset),
+            _hours(cuts),
+        )
+        cuts = subset
+    cuts = align_cuts(packaged.model, cuts, packaged.tokenizer, max_duration=args.max_duration)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(f".tmp-{args.out.name}")  # keeps the extension lhotse reads the format from
     cuts.to_file(tmp)

@@ -18,6 +18,7 @@ stored alignment is only valid for the features it was computed from.
 from __future__ import annotations
 
 import logging
+import random
 
 import torch
 from lhotse import CutSet
@@ -32,7 +33,13 @@ from imputer_asr.model import ImputerModel, subsampled_lengths
 from imputer_asr.tokenizer import Tokenizer
 from imputer_asr.train import Objective
 
-__all__ = ["imputer_objective", "learner_alignment", "align_cuts", "check_cut_alignments"]
+__all__ = [
+    "imputer_objective",
+    "learner_alignment",
+    "align_cuts",
+    "sample_hours",
+    "check_cut_alignments",
+]
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +206,37 @@ def check_cut_alignments(cuts: CutSet) -> None:
 
 
 @torch.inference_mode()
+def sample_hours(cuts: CutSet, hours: float, seed: int = 0) -> CutSet:
+    """A seeded random subset of ``cuts`` with at least ``hours`` of audio (all of them when they
+    hold less), in the input order.
+
+    The Imputer continues a trained CTC model for a few hundred updates, which read only part of a
+    speed-perturbed training set; aligning just the audio it will read saves most of the align
+    stage. Cuts are drawn without replacement until the total reaches ``hours``, so the subset
+    overshoots by less than one cut.
+
+    >>> from lhotse.testing.dummies import DummyManifest
+    >>> cuts = DummyManifest(CutSet, begin_id=0, end_id=10)  # ten 1-second cuts
+    >>> len(sample_hours(cuts, 3.5 / 3600)), len(sample_hours(cuts, 1.0))
+    (4, 10)
+    """
+    if not hours > 0:
+        raise ValueError(f"hours must be positive, got {hours}")
+    cuts = cuts.to_eager()
+    budget = hours * 3600.0
+    if sum(cut.duration for cut in cuts) <= budget:
+        return cuts
+    order = list(range(len(cuts)))
+    random.Random(seed).shuffle(order)
+    chosen, total = [], 0.0
+    for index in order:
+        if total >= budget:
+            break
+        chosen.append(index)
+        total += cuts[index].duration
+    return CutSet.from_cuts(cuts[i] for i in sorted(chosen))
+
+
 def align_cuts(
     model: ImputerModel, cuts: CutSet, tokenizer: Tokenizer, *, max_duration: float = 200.0
 ) -> CutSet:

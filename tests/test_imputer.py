@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 
 import pytest
 import torch
 import torch.nn.functional as F
 from lhotse import CutSet
+from lhotse.testing.dummies import DummyManifest
 from lhotse.utils import fastcopy
 
 import imputer_asr.imputer_train as imputer_train
@@ -32,7 +34,7 @@ from imputer_asr.config import (
 from imputer_asr.dataset import AsrDataset
 from imputer_asr.decode import ctc_greedy_search
 from imputer_asr.imputer_decode import decode_imputer, decode_imputer_adaptive
-from imputer_asr.imputer_train import align_cuts, imputer_objective, learner_alignment
+from imputer_asr.imputer_train import align_cuts, imputer_objective, learner_alignment, sample_hours
 from imputer_asr.model import ImputerModel, subsampled_lengths
 from imputer_asr.train import ctc_objective
 
@@ -426,3 +428,44 @@ def test_cli_align_train_decode(tiny_corpus, tmp_path):
             assert timing["steps"] == 2 and timing["evaluations"] == 2 * timing["batches"]
         else:
             assert timing["adaptive_threshold"] == 0.9 and timing["evaluations"] <= 4 * timing["batches"]
+
+
+def test_sample_hours_draws_just_enough_audio_in_input_order():
+    durations = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
+    cuts = CutSet.from_cuts(
+        fastcopy(cut, duration=d)
+        for cut, d in zip(DummyManifest(CutSet, begin_id=0, end_id=8), durations, strict=True)
+    )
+    ids = [c.id for c in cuts]
+    seen = set()
+    for seed in range(20):
+        subset = sample_hours(cuts, 10.0 / 3600, seed=seed)
+        picked = [c.id for c in subset]
+        assert picked == sorted(picked, key=ids.index)  # input order kept
+        total = sum(c.duration for c in subset)
+        # enough, and overshooting by less than the last cut drawn (at most the longest one)
+        assert 10.0 <= total < 10.0 + max(durations)
+        assert [c.id for c in sample_hours(cuts, 10.0 / 3600, seed=seed)] == picked  # deterministic
+        seen.add(tuple(picked))
+    assert len(seen) > 1  # the seed matters
+    assert [c.id for c in sample_hours(cuts, 1.0)] == ids  # more than there is: all of them
+    with pytest.raises(ValueError, match="positive"):
+        sample_hours(cuts, 0.0)
+
+
+def test_cli_align_max_hours_aligns_a_subset(tiny_corpus, aligned, tmp_path, caplog):
+    model, cuts, _ = aligned
+    tok = tiny_corpus.tokenizer
+    cfg = ExperimentConfig(model=model.cfg, data=DataConfig(max_duration=30.0, num_workers=0))
+    ctc = tmp_path / "ctc.pt"
+    package_model(model.state_dict(), cfg, tok, ctc)
+    half_hours = sum(c.duration for c in cuts) / 2 / 3600
+    out = tmp_path / "aligned.jsonl.gz"
+    args = ["align", "--model", str(ctc), "--cuts", str(tiny_corpus.fbank_cuts("train")), "--out", str(out)]
+    with caplog.at_level(logging.INFO, logger="imputer_asr"):
+        assert main([*args, "--max-hours", str(half_hours), "--seed", "3"]) == 0
+    subset = CutSet.from_file(out).to_eager()
+    expected = sample_hours(cuts, half_hours, seed=3)
+    assert [c.id for c in subset] == [c.id for c in expected] and len(subset) < len(cuts)
+    assert all("alignment" in c.custom for c in subset)
+    assert f"aligning {len(subset)} of {len(cuts)} cuts" in caplog.text
