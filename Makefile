@@ -50,7 +50,7 @@ bench: $(VENV)/.installed ## imputer_loss vs ctc_loss speed; transcription RTF o
 	OMP_NUM_THREADS=2 $(PY) benchmarks/loss_speed.py
 	@for m in recipes/synth/exp/imputer/model.pt recipes/synth/exp/imputer-inject3/model.pt; do \
 	  if [ -f $$m ]; then $(PY) benchmarks/transcribe_speed.py --model $$m data/synth/demo/corpus/test --threads 2 --steps 8; \
-	  else echo "$$m: not trained yet; run make demo (and make -C recipes/synth package-imputer-inject for inject3)"; fi; done
+	  else echo "$$m: not trained yet; run make demo (inject3: make -C recipes/synth package-imputer-inject, or make demo WITH_INJECT=yes)"; fi; done
 
 lint: $(VENV)/.installed ## ruff lint and format check
 	$(VENV)/bin/ruff check imputer_asr tests benchmarks
