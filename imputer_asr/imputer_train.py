@@ -205,7 +205,6 @@ def check_cut_alignments(cuts: CutSet) -> None:
         )
 
 
-@torch.inference_mode()
 def sample_hours(cuts: CutSet, hours: float, seed: int = 0) -> CutSet:
     """A seeded random subset of ``cuts`` with at least ``hours`` of audio (all of them when they
     hold less), in the input order.
@@ -237,6 +236,7 @@ def sample_hours(cuts: CutSet, hours: float, seed: int = 0) -> CutSet:
     return CutSet.from_cuts(cuts[i] for i in sorted(chosen))
 
 
+@torch.inference_mode()
 def align_cuts(
     model: ImputerModel, cuts: CutSet, tokenizer: Tokenizer, *, max_duration: float = 200.0
 ) -> CutSet:

@@ -346,6 +346,20 @@ def test_align_cuts_collapse_to_transcripts(tiny_corpus, aligned, tmp_path):
     assert batch["alignment_lengths"].tolist() == (batch["alignments"] >= 0).sum(1).tolist()
 
 
+def test_align_cuts_runs_the_model_without_autograd(tiny_corpus, aligned, monkeypatch):
+    model, cuts, _ = aligned
+    seen = []
+    forward = model.forward
+
+    def recording_forward(*args, **kwargs):
+        seen.append(torch.is_inference_mode_enabled())
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", recording_forward)
+    align_cuts(model, cuts.subset(first=2), tiny_corpus.tokenizer)
+    assert seen and all(seen)
+
+
 def test_align_cuts_drops_unalignable(tiny_corpus, aligned):
     model, cuts, _ = aligned
     first = cuts[0]
