@@ -103,6 +103,13 @@ class TrainConfig:
     corpus size; each epoch draws a fresh shuffle. ``valid_every`` > 0 adds a dev evaluation every
     that many updates (for the curve of WER against training time).
 
+    ``time_budget_minutes`` > 0 trains for that many minutes of training clock (validation is off
+    the clock) instead of a number of updates: each of the ``epochs`` ends once its share of the
+    budget is spent (or its data, or its ``steps_per_epoch``, runs out), and the cosine decay
+    follows the share of the budget spent rather than the update count. The run then takes the
+    same time on a slow machine and a fast one, and the fast one makes more updates; the update
+    count is in the log. One process only: ranks would disagree on when the time is up.
+
     Scale-out: ``device`` "cuda" trains on GPU ``LOCAL_RANK`` (set by torchrun), ``bf16`` runs the
     forward pass under bfloat16 autocast there (the losses stay in float32), and ``accum_grad`` sums
     the gradients of that many batches into one update. ``steps_per_epoch`` and ``warmup_steps``
@@ -125,6 +132,7 @@ class TrainConfig:
     device: str = "cpu"
     bf16: bool = False
     accum_grad: int = 1
+    time_budget_minutes: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
+from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,7 +16,9 @@ from imputer_asr.checkpoint import epoch_checkpoints, load_file
 from imputer_asr.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
 from imputer_asr.decode import decode_cuts
 from imputer_asr.model import ImputerModel
-from imputer_asr.train import ctc_objective, fit, validate
+from imputer_asr import train as train_module
+from imputer_asr.dataset import make_loader
+from imputer_asr.train import _Clock, _JsonLog, ctc_objective, fit, train_one_epoch, validate
 
 
 def _config(model: ModelConfig, epochs: int) -> ExperimentConfig:
@@ -91,3 +97,37 @@ def test_ctc_validation_in_one_pass_equals_loss_then_decoding(tiny_corpus, model
     two_passes = validate(model, tok, dev, ctc_objective, lambda m, t, c: decode_cuts(m, t, c)[0])
     assert one_pass == pytest.approx(two_passes, rel=1e-6)
     assert 0 < one_pass["cer"] and one_pass["loss"] > 0
+
+
+def test_time_budget_ends_each_epoch_at_its_share_of_the_clock(tiny_corpus, model_cfg, cuts, monkeypatch, tmp_path):
+    """On a fake clock where every update takes exactly 1 s, a 10-s budget over 2 epochs ends each
+    epoch after 5 updates although the data holds 40, and the cosine follows the clock: the update
+    that starts with half the budget spent runs at the midpoint of peak and floor."""
+    ticks = itertools.count()
+    monkeypatch.setattr(train_module, "time", SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    tok = tiny_corpus.tokenizer
+    train, _ = cuts
+    batch = next(iter(make_loader(train, tok, DataConfig(max_duration=15.0, num_workers=0), train=True)))
+    cfg = TrainConfig(epochs=2, warmup_steps=0, log_every=1, time_budget_minutes=10 / 60, final_lr_fraction=0.1)
+    model = ImputerModel(model_cfg)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.peak_lr)
+    clock, log_path = _Clock(), tmp_path / "log.jsonl"
+    for epoch in (1, 2):
+        clock.epoch = epoch
+        train_one_epoch(
+            model, optimizer, [batch] * 40, ctc_objective, clock, 10**6, cfg, _JsonLog(log_path), lambda: None
+        )
+        assert (clock.step, clock.wall_time) == (5 * epoch, 5.0 * epoch)
+    lrs = [json.loads(line)["lr"] for line in log_path.open()]
+    floor = cfg.final_lr_fraction * cfg.peak_lr
+    assert lrs[0] == pytest.approx(cfg.peak_lr)
+    assert lrs[5] == pytest.approx((cfg.peak_lr + floor) / 2)
+    assert lrs[9] == pytest.approx(floor + (cfg.peak_lr - floor) * 0.5 * (1 + math.cos(math.pi * 0.9)))
+
+
+def test_negative_time_budget_is_refused(tiny_corpus, model_cfg, cuts, tmp_path):
+    train, dev = cuts
+    cfg = _config(model_cfg, 1)
+    cfg = replace(cfg, train=replace(cfg.train, time_budget_minutes=-1.0))
+    with pytest.raises(ValueError, match="time_budget_minutes must be 0"):
+        fit(cfg, tmp_path / "exp", train, dev, tiny_corpus.tokenizer)
