@@ -78,7 +78,9 @@ def _check(cfg: TrainConfig) -> None:
     if cfg.accum_grad < 1:
         raise ValueError(f"train.accum_grad must be at least 1, got {cfg.accum_grad}")
     if cfg.time_budget_minutes < 0:
-        raise ValueError(f"train.time_budget_minutes must be 0 (off) or positive, got {cfg.time_budget_minutes}")
+        raise ValueError(
+            f"train.time_budget_minutes must be 0 (off) or positive, got {cfg.time_budget_minutes}"
+        )
 
 
 def init_parallel(cfg: TrainConfig) -> Parallel:

@@ -12,12 +12,12 @@ import pytest
 import torch
 from lhotse import CutSet
 
+from imputer_asr import train as train_module
 from imputer_asr.checkpoint import epoch_checkpoints, load_file
 from imputer_asr.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
+from imputer_asr.dataset import make_loader
 from imputer_asr.decode import decode_cuts
 from imputer_asr.model import ImputerModel
-from imputer_asr import train as train_module
-from imputer_asr.dataset import make_loader
 from imputer_asr.train import _Clock, _JsonLog, ctc_objective, fit, train_one_epoch, validate
 
 
@@ -99,7 +99,9 @@ def test_ctc_validation_in_one_pass_equals_loss_then_decoding(tiny_corpus, model
     assert 0 < one_pass["cer"] and one_pass["loss"] > 0
 
 
-def test_time_budget_ends_each_epoch_at_its_share_of_the_clock(tiny_corpus, model_cfg, cuts, monkeypatch, tmp_path):
+def test_time_budget_ends_each_epoch_at_its_share_of_the_clock(
+    tiny_corpus, model_cfg, cuts, monkeypatch, tmp_path
+):
     """On a fake clock where every update takes exactly 1 s, a 10-s budget over 2 epochs ends each
     epoch after 5 updates although the data holds 40, and the cosine follows the clock: the update
     that starts with half the budget spent runs at the midpoint of peak and floor."""
@@ -108,7 +110,9 @@ def test_time_budget_ends_each_epoch_at_its_share_of_the_clock(tiny_corpus, mode
     tok = tiny_corpus.tokenizer
     train, _ = cuts
     batch = next(iter(make_loader(train, tok, DataConfig(max_duration=15.0, num_workers=0), train=True)))
-    cfg = TrainConfig(epochs=2, warmup_steps=0, log_every=1, time_budget_minutes=10 / 60, final_lr_fraction=0.1)
+    cfg = TrainConfig(
+        epochs=2, warmup_steps=0, log_every=1, time_budget_minutes=10 / 60, final_lr_fraction=0.1
+    )
     model = ImputerModel(model_cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.peak_lr)
     clock, log_path = _Clock(), tmp_path / "log.jsonl"
