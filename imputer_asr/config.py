@@ -103,12 +103,12 @@ class TrainConfig:
     corpus size; each epoch draws a fresh shuffle. ``valid_every`` > 0 adds a dev evaluation every
     that many updates (for the curve of WER against training time).
 
-    ``time_budget_minutes`` > 0 trains for that many minutes of training clock (validation is off
-    the clock) instead of a number of updates: each of the ``epochs`` ends once its share of the
-    budget is spent (or its data, or its ``steps_per_epoch``, runs out), and the cosine decay
-    follows the share of the budget spent rather than the update count. The run then takes the
-    same time on a slow machine and a fast one, and the fast one makes more updates; the update
-    count is in the log. One process only: ranks would disagree on when the time is up.
+    ``minutes_per_epoch`` > 0 is the same for the training clock (validation is off the clock):
+    epoch n ends once n x ``minutes_per_epoch`` minutes of training are spent (or its data, or its
+    ``steps_per_epoch``, runs out), and the cosine decays over ``epochs x minutes_per_epoch``
+    minutes rather than a number of updates. A run then takes the same time on a slow machine and
+    a fast one, and the fast one makes more updates; the count is in the log and ``train.done``.
+    One process only: ranks would disagree on when the time is up.
 
     Scale-out: ``device`` "cuda" trains on GPU ``LOCAL_RANK`` (set by torchrun), ``bf16`` runs the
     forward pass under bfloat16 autocast there (the losses stay in float32), and ``accum_grad`` sums
@@ -132,7 +132,7 @@ class TrainConfig:
     device: str = "cpu"
     bf16: bool = False
     accum_grad: int = 1
-    time_budget_minutes: float = 0.0
+    minutes_per_epoch: float = 0.0
 
 
 @dataclass(frozen=True)

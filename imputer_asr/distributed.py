@@ -77,10 +77,8 @@ def _check(cfg: TrainConfig) -> None:
         raise ValueError("train.bf16 needs train.device=cuda: bf16 autocast is for GPUs")
     if cfg.accum_grad < 1:
         raise ValueError(f"train.accum_grad must be at least 1, got {cfg.accum_grad}")
-    if cfg.time_budget_minutes < 0:
-        raise ValueError(
-            f"train.time_budget_minutes must be 0 (off) or positive, got {cfg.time_budget_minutes}"
-        )
+    if cfg.minutes_per_epoch < 0:
+        raise ValueError(f"train.minutes_per_epoch must be 0 (off) or positive, got {cfg.minutes_per_epoch}")
 
 
 def init_parallel(cfg: TrainConfig) -> Parallel:

@@ -67,8 +67,8 @@ def lr_at(step: int, total_steps: int, cfg: TrainConfig, budget_spent: float | N
     """Linear warm-up to ``peak_lr`` then cosine decay to ``final_lr_fraction * peak_lr``.
 
     The decay runs over the updates after the warm-up, up to ``total_steps``; under a time budget
-    (``budget_spent``, the fraction of ``cfg.time_budget_minutes`` already used) it runs over the
-    budget instead, and ``total_steps`` is not used.
+    (``cfg.minutes_per_epoch``; ``budget_spent`` is the fraction of ``epochs x minutes_per_epoch``
+    already used) it runs over the budget instead, and ``total_steps`` is not used.
 
     >>> cfg = TrainConfig(peak_lr=1.0, warmup_steps=10, final_lr_fraction=0.0)
     >>> [round(lr_at(s, 110, cfg), 3) for s in (0, 5, 10, 60, 110)]
@@ -143,8 +143,8 @@ def train_one_epoch(
 ) -> None:
     """One pass over ``loader``, an update every ``cfg.accum_grad`` batches; ``every_step`` runs after
     each update, off the training clock. ``runner`` (several processes) defaults to this process alone.
-    The logged loss is this rank's. Under ``cfg.time_budget_minutes`` the pass stops once the clock
-    reaches this epoch's share of the budget.
+    The logged loss is this rank's. Under ``cfg.minutes_per_epoch`` the pass stops once the clock
+    reaches ``clock.epoch x minutes_per_epoch``.
     """
     runner = runner or ParallelObjective(model, objective, Parallel())
     model.train()
@@ -160,8 +160,9 @@ def train_one_epoch(
     batches = iter(bar)
     start = time.perf_counter()
     steps_done = 0
-    budget = cfg.time_budget_minutes * 60.0
-    epoch_end = budget * clock.epoch / cfg.epochs if budget else math.inf
+    per_epoch = cfg.minutes_per_epoch * 60.0
+    budget = per_epoch * cfg.epochs
+    epoch_end = per_epoch * clock.epoch if per_epoch else math.inf
     while clock.wall_time < epoch_end and not (cfg.steps_per_epoch and steps_done >= cfg.steps_per_epoch):
         group = list(itertools.islice(batches, cfg.accum_grad))
         if not group:
@@ -377,9 +378,9 @@ def fit(
     exp_dir.mkdir(parents=True, exist_ok=True)
     parallel = init_parallel(cfg.train)
     try:
-        if cfg.train.time_budget_minutes and parallel.world_size > 1:
+        if cfg.train.minutes_per_epoch and parallel.world_size > 1:
             raise ValueError(
-                "train.time_budget_minutes needs a single process (ranks would disagree on when the "
+                "train.minutes_per_epoch needs a single process (ranks would disagree on when the "
                 "time is up); under torchrun, set train.steps_per_epoch instead"
             )
         if parallel.is_main:

@@ -102,16 +102,16 @@ def test_ctc_validation_in_one_pass_equals_loss_then_decoding(tiny_corpus, model
 def test_time_budget_ends_each_epoch_at_its_share_of_the_clock(
     tiny_corpus, model_cfg, cuts, monkeypatch, tmp_path
 ):
-    """On a fake clock where every update takes exactly 1 s, a 10-s budget over 2 epochs ends each
-    epoch after 5 updates although the data holds 40, and the cosine follows the clock: the update
-    that starts with half the budget spent runs at the midpoint of peak and floor."""
+    """On a fake clock where every update takes exactly 1 s, 2 epochs of 5 s each end after 5 updates
+    although the data holds 40, and the cosine follows the clock: the update that starts with half
+    the 10-s budget spent runs at the midpoint of peak and floor."""
     ticks = itertools.count()
     monkeypatch.setattr(train_module, "time", SimpleNamespace(perf_counter=lambda: float(next(ticks))))
     tok = tiny_corpus.tokenizer
     train, _ = cuts
     batch = next(iter(make_loader(train, tok, DataConfig(max_duration=15.0, num_workers=0), train=True)))
     cfg = TrainConfig(
-        epochs=2, warmup_steps=0, log_every=1, time_budget_minutes=10 / 60, final_lr_fraction=0.1
+        epochs=2, warmup_steps=0, log_every=1, minutes_per_epoch=5 / 60, final_lr_fraction=0.1
     )
     model = ImputerModel(model_cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.peak_lr)
@@ -132,6 +132,6 @@ def test_time_budget_ends_each_epoch_at_its_share_of_the_clock(
 def test_negative_time_budget_is_refused(tiny_corpus, model_cfg, cuts, tmp_path):
     train, dev = cuts
     cfg = _config(model_cfg, 1)
-    cfg = replace(cfg, train=replace(cfg.train, time_budget_minutes=-1.0))
-    with pytest.raises(ValueError, match="time_budget_minutes must be 0"):
+    cfg = replace(cfg, train=replace(cfg.train, minutes_per_epoch=-1.0))
+    with pytest.raises(ValueError, match="minutes_per_epoch must be 0"):
         fit(cfg, tmp_path / "exp", train, dev, tiny_corpus.tokenizer)
