@@ -110,9 +110,7 @@ def test_time_budget_ends_each_epoch_at_its_share_of_the_clock(
     tok = tiny_corpus.tokenizer
     train, _ = cuts
     batch = next(iter(make_loader(train, tok, DataConfig(max_duration=15.0, num_workers=0), train=True)))
-    cfg = TrainConfig(
-        epochs=2, warmup_steps=0, log_every=1, minutes_per_epoch=5 / 60, final_lr_fraction=0.1
-    )
+    cfg = TrainConfig(epochs=2, warmup_steps=0, log_every=1, minutes_per_epoch=5 / 60, final_lr_fraction=0.1)
     model = ImputerModel(model_cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.peak_lr)
     clock, log_path = _Clock(), tmp_path / "log.jsonl"
