@@ -388,8 +388,9 @@ def fit(
         else:
             logging.getLogger("imputer_asr").setLevel(logging.WARNING)
         model = _build_model(cfg, train_cuts, init_weights, parallel.device)
-        # foreach: one multi-tensor kernel per operation instead of a Python loop over the ~150
-        # parameters; on CPU, where the default is that loop, it makes the update 10 % faster.
+        # foreach: one multi-tensor kernel per operation instead of the CPU default, a Python loop
+        # over the parameters: 0.337 -> 0.303 s per update of the synth model on batches held in
+        # memory, 2-3 % of a real training step.
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=cfg.train.peak_lr, weight_decay=cfg.train.weight_decay, foreach=True
         )
