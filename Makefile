@@ -16,7 +16,16 @@ help: ## list the targets
 
 install: $(VENV)/.installed system-deps ## create .venv, install the package and the system tools
 
+# The venv takes about 5.6 GB (torch). On a full disk pip reports a download cut short, which looks
+# like a network fault; say what it is before starting.
+VENV_KB := 6000000
+
 $(VENV)/.installed: pyproject.toml
+	@free=$$(df -Pk . | awk 'NR == 2 {print $$4}'); \
+	if ! test -x $(PY) && [ "$$free" -lt $(VENV_KB) ]; then \
+	  echo "make install: the .venv needs about 6 GB (torch) and $(CURDIR) has $$((free / 1024)) MB free; free some space first" >&2; \
+	  exit 1; \
+	fi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch is pinned in pyproject.toml; installing it in the same command keeps pip from fetching another.
