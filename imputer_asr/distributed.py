@@ -85,15 +85,22 @@ def init_parallel(cfg: TrainConfig) -> Parallel:
     """Read torchrun's environment, pick this rank's device and join the process group.
 
     Raises:
-        ValueError: a device setting this machine cannot honour.
+        ValueError: a device setting this machine cannot honour, or a time budget
+            (``minutes_per_epoch``) under several processes, which would disagree on when it is spent.
     """
     _check(cfg)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if cfg.minutes_per_epoch and world_size > 1:
+        raise ValueError(
+            "train.minutes_per_epoch needs a single process (ranks would disagree on when the "
+            "time is up); under torchrun, set train.steps_per_epoch instead"
+        )
     cuda = cfg.device == "cuda"
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    if world_size == 1:
         return Parallel(device=device)
     owns = not dist.is_initialized()
     if owns:

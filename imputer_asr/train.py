@@ -378,11 +378,6 @@ def fit(
     exp_dir.mkdir(parents=True, exist_ok=True)
     parallel = init_parallel(cfg.train)
     try:
-        if cfg.train.minutes_per_epoch and parallel.world_size > 1:
-            raise ValueError(
-                "train.minutes_per_epoch needs a single process (ranks would disagree on when the "
-                "time is up); under torchrun, set train.steps_per_epoch instead"
-            )
         if parallel.is_main:
             save_config(cfg, exp_dir / "config.json")
         else:

@@ -98,3 +98,15 @@ def test_bf16_needs_cuda():
         init_parallel(TrainConfig(accum_grad=0))
     assert init_parallel(TrainConfig()).world_size == 1
     assert torch.device("cpu") == init_parallel(TrainConfig()).device
+
+
+def test_time_budget_is_refused_under_several_processes(monkeypatch):
+    """Ranks would each read their own clock and stop at different updates, leaving DDP waiting;
+    the budget is refused before the process group is joined."""
+    from imputer_asr.distributed import init_parallel
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="minutes_per_epoch needs a single process"):
+        init_parallel(TrainConfig(minutes_per_epoch=3.0))
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert init_parallel(TrainConfig(minutes_per_epoch=3.0)).world_size == 1
