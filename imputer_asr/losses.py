@@ -4,11 +4,17 @@ Both take ``log_probs`` of shape (N, T, C), batch first (unlike :func:`F.ctc_los
 so that training code calls them the same way.
 
 The Imputer loss (Chan et al., ICML 2020, arXiv:2002.08926) is the CTC dynamic program restricted to
-the alignments that agree with the frames the model was shown::
+the alignments that agree with the frames the model was shown. The network models every position of
+the alignment given the partial one, so the shown frames are scored too::
 
-    loss_n = -log  sum_{a in B^-1(y_n), a_t = o_t for every observed t}  prod_{t masked} p_t(a_t)
+    loss_n = -log  sum_{a in B^-1(y_n), a_t = o_t for every observed t}  prod_{t} p_t(a_t)
+           = -log  sum_{...}  prod_{t masked} p_t(a_t)   -   sum_{t observed} log p_t(o_t)
 
-It runs torch's CTC forward-backward kernels (``aten._ctc_loss``) on a compact copy of each
+The second term is what makes the network carry the tokens it is shown to its output (the public
+reference implementation's "force emits"). ``score_observed=False`` leaves it out: the shown frames
+then contribute a factor of one and no gradient.
+
+The dynamic program runs torch's CTC forward-backward kernels (``aten._ctc_loss``) on a compact copy of each
 utterance's log-probabilities: only the blank and the tokens of its own target can appear on a path,
 so the other classes are dropped (C falls from the vocabulary to about the target length), and every
 observed frame's distribution is replaced by a point mass on its observed token, which contributes a
@@ -99,13 +105,16 @@ def imputer_loss(
     blank: int = 0,
     reduction: str = "mean",
     zero_infinity: bool = False,
+    score_observed: bool = True,
 ) -> Tensor:
     """Negative log-likelihood of the targets over the alignments that agree with ``observed``.
 
-    Observed frames contribute no factor to an alignment's probability and receive exactly zero
-    gradient; with every frame masked this is :func:`ctc_loss`. An utterance with no alignment that
-    collapses to its targets and agrees with its observed frames has loss +inf (0 with
-    ``zero_infinity``) and, unlike :func:`F.ctc_loss`, a zero (never NaN) gradient.
+    Every frame is scored: an alignment's probability is the product of p_t(a_t) over all frames,
+    and at an observed frame a_t is the observed token, so the loss is the dynamic program over the
+    masked frames plus the cross-entropy of the observed ones. With every frame masked this is
+    :func:`ctc_loss`. An utterance with no alignment that collapses to its targets and agrees with
+    its observed frames has loss +inf (0 with ``zero_infinity``) and, unlike :func:`F.ctc_loss`, a
+    zero (never NaN) gradient.
 
     Args:
         log_probs: (N, T, C) log-probabilities (log_softmax output). float16 and bfloat16 are
@@ -119,6 +128,8 @@ def imputer_loss(
         reduction: "none" (per-utterance negative log-likelihood, not normalised), "mean" (each
             divided by its target length, then averaged over the batch) or "sum", as in F.ctc_loss.
         zero_infinity: replace the loss of utterances without a consistent alignment by 0.
+        score_observed: score the observed frames (the paper's objective). False gives them a
+            factor of one and exactly zero gradient (the masked frames alone are modelled).
 
     Returns:
         (N,) for reduction "none", else a scalar.
@@ -132,8 +143,18 @@ def imputer_loss(
     infeasible = _too_short(targets, input_lengths, target_lengths)
     nll = _CompactImputerNLL.apply(log_probs, observed, targets, input_lengths, target_lengths, blank)
     infeasible |= nll >= _INFEASIBLE_LOSS
+    if score_observed:
+        nll = nll + _observed_cross_entropy(log_probs, observed, input_lengths)
     nll = torch.where(infeasible, 0.0 if zero_infinity else float("inf"), nll)
     return _reduce(nll, target_lengths, reduction)
+
+
+def _observed_cross_entropy(log_probs: Tensor, observed: Tensor, input_lengths: Tensor) -> Tensor:
+    """(N,) -sum of log p_t(o_t) over the observed frames within each utterance."""
+    frames = torch.arange(log_probs.size(1), device=log_probs.device)
+    scored = (observed >= 0) & (frames.unsqueeze(0) < input_lengths.unsqueeze(1))
+    picked = log_probs.gather(-1, observed.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return -torch.where(scored, picked, 0.0).sum(dim=1)
 
 
 def _to_device(

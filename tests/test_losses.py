@@ -17,8 +17,11 @@ def _collapse(path: tuple[int, ...], blank: int) -> list[int]:
     return [token for token in merged if token != blank]
 
 
-def _brute_force_nll(log_probs: torch.Tensor, target: list[int], observed: list[int], blank: int) -> float:
-    """-log of the sum over every consistent alignment of the product of its masked-frame probs."""
+def _brute_force_nll(
+    log_probs: torch.Tensor, target: list[int], observed: list[int], blank: int, score_observed: bool = True
+) -> float:
+    """-log of the sum over every consistent alignment of the product of its frame probabilities:
+    every frame's with ``score_observed``, the masked frames' only without."""
     t, c = log_probs.shape
     total = 0.0
     for path in itertools.product(range(c), repeat=t):
@@ -26,7 +29,8 @@ def _brute_force_nll(log_probs: torch.Tensor, target: list[int], observed: list[
             continue
         if any(o >= 0 and o != a for o, a in zip(observed, path, strict=True)):
             continue
-        total += math.exp(sum(log_probs[i, a].item() for i, a in enumerate(path) if observed[i] < 0))
+        scored = [i for i in range(t) if score_observed or observed[i] < 0]
+        total += math.exp(sum(log_probs[i, path[i]].item() for i in scored))
     return -math.log(total) if total > 0 else math.inf
 
 
@@ -41,8 +45,9 @@ def _random_problem(
     return log_probs, target, observed.tolist()
 
 
+@pytest.mark.parametrize("score_observed", [True, False])
 @pytest.mark.parametrize("blank", [0, 2])
-def test_imputer_loss_matches_brute_force(blank: int) -> None:
+def test_imputer_loss_matches_brute_force(blank: int, score_observed: bool) -> None:
     generator = torch.Generator().manual_seed(1234)
     n_infinite = n_finite = 0
     for _ in range(60):
@@ -50,7 +55,7 @@ def test_imputer_loss_matches_brute_force(blank: int) -> None:
         c = int(torch.randint(blank + 2, 5, (1,), generator=generator))
         s = int(torch.randint(0, min(t, 3) + 1, (1,), generator=generator))
         log_probs, target, observed = _random_problem(generator, t, c, s, blank)
-        expected = _brute_force_nll(log_probs, target, observed, blank)
+        expected = _brute_force_nll(log_probs, target, observed, blank, score_observed)
         got = imputer_loss(
             log_probs.unsqueeze(0),
             torch.tensor([target + [blank + 1 if blank + 1 < c else 1] * (3 - s)]),
@@ -59,6 +64,7 @@ def test_imputer_loss_matches_brute_force(blank: int) -> None:
             torch.tensor([observed]),
             blank=blank,
             reduction="none",
+            score_observed=score_observed,
         )
         if math.isinf(expected):
             n_infinite += 1
@@ -69,7 +75,8 @@ def test_imputer_loss_matches_brute_force(blank: int) -> None:
     assert n_infinite >= 5 and n_finite >= 20  # both regimes were exercised
 
 
-def test_imputer_loss_ragged_batch_matches_brute_force() -> None:
+@pytest.mark.parametrize("score_observed", [True, False])
+def test_imputer_loss_ragged_batch_matches_brute_force(score_observed: bool) -> None:
     generator = torch.Generator().manual_seed(7)
     problems = [_random_problem(generator, t, 3, s, 0) for t, s in [(5, 2), (3, 1), (6, 3), (2, 0)]]
     n, t_max = len(problems), 6
@@ -82,8 +89,16 @@ def test_imputer_loss_ragged_batch_matches_brute_force() -> None:
         observed[i, : len(obs)] = torch.tensor(obs)
     input_lengths = torch.tensor([lp.shape[0] for lp, _, _ in problems])
     target_lengths = torch.tensor([len(target) for _, target, _ in problems])
-    got = imputer_loss(log_probs, targets, input_lengths, target_lengths, observed, reduction="none")
-    expected = torch.tensor([_brute_force_nll(*problem, blank=0) for problem in problems])
+    got = imputer_loss(
+        log_probs,
+        targets,
+        input_lengths,
+        target_lengths,
+        observed,
+        reduction="none",
+        score_observed=score_observed,
+    )
+    expected = torch.tensor([_brute_force_nll(*problem, 0, score_observed) for problem in problems])
     torch.testing.assert_close(got, expected.to(torch.float64))
 
 
@@ -121,7 +136,8 @@ def test_all_masked_gradient_through_log_softmax_equals_ctc() -> None:
     torch.testing.assert_close(leaf.grad, reference.grad)
 
 
-def test_gradient_is_the_exact_derivative_without_log_softmax() -> None:
+@pytest.mark.parametrize("score_observed", [True, False])
+def test_gradient_is_the_exact_derivative_without_log_softmax(score_observed: bool) -> None:
     # Unnormalised scores: torch's CTC gradient would be off by exp(log_probs) here.
     generator = torch.Generator().manual_seed(5)
     scores = -torch.rand(2, 7, 5, generator=generator, dtype=torch.float64) * 3
@@ -131,16 +147,26 @@ def test_gradient_is_the_exact_derivative_without_log_softmax() -> None:
     observed = torch.tensor([[-1, 1, -1, -1, 0, -1, 3], [-1, -1, 0, -1, -1, -1, -1]])
 
     def loss(x: torch.Tensor) -> torch.Tensor:
-        return imputer_loss(x, targets, input_lengths, target_lengths, observed, reduction="sum")
+        return imputer_loss(
+            x,
+            targets,
+            input_lengths,
+            target_lengths,
+            observed,
+            reduction="sum",
+            score_observed=score_observed,
+        )
 
     assert torch.autograd.gradcheck(loss, (scores,))
 
 
+@pytest.mark.parametrize("score_observed", [True, False])
 @pytest.mark.parametrize("blank", [0, 7])
-def test_large_vocabulary_matches_ctc_on_point_masses(blank: int) -> None:
+def test_large_vocabulary_matches_ctc_on_point_masses(blank: int, score_observed: bool) -> None:
     # The oracle: F.ctc_loss on the full vocabulary with each observed frame's distribution replaced
-    # by a point mass, and the gradient at observed frames dropped. imputer_loss only ever works on
-    # each utterance's own tokens, so this checks that narrowing the classes changes nothing.
+    # by a point mass (the gradient at observed frames dropped), plus, when they are scored, the
+    # cross-entropy of the observed frames. imputer_loss only ever works on each utterance's own
+    # tokens, so this checks that narrowing the classes changes nothing.
     generator = torch.Generator().manual_seed(11)
     n, t, c, s = 5, 40, 60, 12
     logits = torch.randn(n, t, c, generator=generator, dtype=torch.float64)
@@ -154,7 +180,15 @@ def test_large_vocabulary_matches_ctc_on_point_masses(blank: int) -> None:
         observed[row, frames] = blank
     observed[0, 1] = int(targets[0, 0])
     leaf = logits.clone().requires_grad_()
-    got = imputer_loss(leaf.log_softmax(-1), targets, input_lengths, target_lengths, observed, blank=blank)
+    got = imputer_loss(
+        leaf.log_softmax(-1),
+        targets,
+        input_lengths,
+        target_lengths,
+        observed,
+        blank=blank,
+        score_observed=score_observed,
+    )
     got.backward()
 
     reference = logits.clone().requires_grad_()
@@ -163,18 +197,28 @@ def test_large_vocabulary_matches_ctc_on_point_masses(blank: int) -> None:
     point_mass.scatter_(-1, observed.clamp(min=0).unsqueeze(-1), 0.0)
     log_probs = reference.log_softmax(-1)
     restricted = torch.where(shown.unsqueeze(-1), point_mass, log_probs)
-    expected = F.ctc_loss(restricted.transpose(0, 1), targets, input_lengths, target_lengths, blank=blank)
+    per_utterance = F.ctc_loss(
+        restricted.transpose(0, 1), targets, input_lengths, target_lengths, blank=blank, reduction="none"
+    )
+    if score_observed:
+        within = torch.arange(t) < input_lengths.unsqueeze(1)
+        picked = log_probs.gather(-1, observed.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        per_utterance = per_utterance - torch.where(shown & within, picked, 0.0).sum(1)
+    expected = (per_utterance / target_lengths.clamp(min=1)).mean()
     expected.backward()
     assert torch.isfinite(got)
     torch.testing.assert_close(got, expected)
     torch.testing.assert_close(leaf.grad, reference.grad)
 
 
-def test_all_observed_consistent_path_has_zero_loss() -> None:
+def test_all_observed_consistent_path_is_its_cross_entropy() -> None:
     log_probs = torch.randn(1, 5, 4).log_softmax(-1)
     observed = torch.tensor([[0, 2, 2, 0, 3]])
-    loss = imputer_loss(log_probs, torch.tensor([[2, 3]]), torch.tensor([5]), torch.tensor([2]), observed)
-    assert loss.item() == 0.0
+    args = (torch.tensor([[2, 3]]), torch.tensor([5]), torch.tensor([2]), observed)
+    loss = imputer_loss(log_probs, *args, reduction="sum")
+    expected = -log_probs[0, torch.arange(5), observed[0]].sum()
+    torch.testing.assert_close(loss, expected)
+    assert imputer_loss(log_probs, *args, score_observed=False).item() == 0.0
 
 
 def _observed_pattern(input_lengths: torch.Tensor, t_max: int) -> torch.Tensor:
@@ -187,24 +231,31 @@ def _observed_pattern(input_lengths: torch.Tensor, t_max: int) -> torch.Tensor:
 
 
 @pytest.mark.filterwarnings("ignore:Anomaly Detection has been enabled")
-def test_gradient_is_finite_and_zero_at_observed_and_padded_frames() -> None:
+@pytest.mark.parametrize("score_observed", [True, False])
+def test_gradient_is_finite_and_zero_at_padded_frames(score_observed: bool) -> None:
     log_probs, targets, input_lengths, target_lengths = _ragged_batch()
     observed = _observed_pattern(input_lengths, log_probs.shape[1])
     logits = log_probs.clone().requires_grad_()
+    args = (targets, input_lengths, target_lengths, observed)
     with torch.autograd.detect_anomaly():  # no NaN anywhere in the backward graph
-        loss = imputer_loss(logits.log_softmax(-1), targets, input_lengths, target_lengths, observed)
+        loss = imputer_loss(logits.log_softmax(-1), *args, score_observed=score_observed)
         loss.backward()
     assert torch.isfinite(loss)
     grad = logits.grad
     assert torch.isfinite(grad).all()
-    assert (grad[observed >= 0] == 0).all()
+    shown = (observed >= 0) & (torch.arange(log_probs.shape[1]) < input_lengths.unsqueeze(1))
+    if score_observed:  # the cross-entropy's gradient: softmax minus the one-hot of the shown token
+        assert (grad[shown].abs().sum(-1) > 0).all()
+    else:
+        assert (grad[shown] == 0).all()
     padded = torch.arange(log_probs.shape[1]) >= input_lengths.unsqueeze(1)
     assert (grad[padded] == 0).all()
     masked = (observed < 0) & ~padded
     assert (grad[masked].abs().sum(-1) > 0).all()
 
 
-def test_gradcheck_with_observed_frames() -> None:
+@pytest.mark.parametrize("score_observed", [True, False])
+def test_gradcheck_with_observed_frames(score_observed: bool) -> None:
     generator = torch.Generator().manual_seed(3)
     logits = torch.randn(2, 7, 4, generator=generator, dtype=torch.float64, requires_grad=True)
     targets = torch.tensor([[1, 2, 2], [3, 1, 0]])
@@ -213,7 +264,13 @@ def test_gradcheck_with_observed_frames() -> None:
 
     def loss(x: torch.Tensor) -> torch.Tensor:
         return imputer_loss(
-            x.log_softmax(-1), targets, input_lengths, target_lengths, observed, reduction="sum"
+            x.log_softmax(-1),
+            targets,
+            input_lengths,
+            target_lengths,
+            observed,
+            reduction="sum",
+            score_observed=score_observed,
         )
 
     assert torch.isfinite(loss(logits))
