@@ -124,7 +124,10 @@ def load_packaged(path: Path) -> PackagedModel:
         cfg = config_from_dict(obj["config"])
         tokenizer = Tokenizer(bytes(obj["tokenizer"].numpy().tobytes()))
         model = ImputerModel(cfg.model)
-        model.load_state_dict(obj["model"])
+        weights = dict(obj["model"])
+        # Models packaged before the token path existed: a zero token_embed is exactly their function.
+        weights.setdefault("token_embed.weight", model.token_embed.weight.detach().clone())
+        model.load_state_dict(weights)
     except (ValueError, RuntimeError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"{path}: inconsistent model file ({exc})") from None
     info = obj.get("info", {})

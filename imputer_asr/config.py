@@ -56,6 +56,9 @@ class ModelConfig:
     output of block k is read out through the same output layer, and the loss becomes
     ``(1 - interctc_weight) * CTC(final) + interctc_weight * CTC(block k)``. It adds no parameters
     and changes nothing at decoding time.
+
+    ``token_scale`` multiplies the alignment tokens' learned contribution (zero for [MASK] and at
+    initialisation) before it is added to the acoustic frames; see :class:`imputer_asr.model.ImputerModel`.
     """
 
     vocab_size: int = 0
@@ -72,6 +75,7 @@ class ModelConfig:
     inject_layer: int = 0
     interctc_layer: int = 0
     interctc_weight: float = 0.3
+    token_scale: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -137,11 +141,18 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class ImputerConfig:
-    """Imputer training: block masking, alignment source and the optional CTC term."""
+    """Imputer training: block masking, alignment source, the objective and the joint CTC term.
+
+    ``learner_fraction`` is the share of utterances whose alignment is the forced alignment under
+    the model being trained (learner roll-in) instead of the stored expert's; 1 needs no expert.
+    ``score_observed`` scores the shown frames too (the paper's objective); ``ctc_weight`` > 0 adds
+    the CTC loss of the all-[MASK] network on every batch (joint training).
+    """
 
     block_size: int = 8
     ctc_weight: float = 0.0
-    learner_rollin: bool = False
+    learner_fraction: float = 0.0
+    score_observed: bool = True
 
 
 @dataclass(frozen=True)

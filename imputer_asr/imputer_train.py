@@ -5,13 +5,13 @@ CTC model, computed once by :func:`align_cuts` and stored in the cut manifest. T
 (:func:`imputer_objective`) masks that alignment block-wise (:func:`imputer_asr.masking.block_mask`,
 k ~ U{1..B} masked frames per block), feeds the shown tokens to the network and scores the
 transcript with the Imputer loss: the CTC dynamic program restricted to the alignments that agree
-with the shown frames. With learner roll-in the alignment is instead the forced alignment under
-the model being trained.
+with the shown frames, plus the cross-entropy of the shown frames. With learner roll-in the alignment
+of a share of the utterances is instead the forced alignment under the model being trained.
 
 Alignments are at the encoder frame rate (T' = ((T - 1) // 2 - 1) // 2 for T fbank frames), so a
 stored alignment is only valid for the features it was computed from.
 
->>> # objective = imputer_objective(block_size=8, ctc_weight=0.0, learner_rollin=False)
+>>> # objective = imputer_objective(block_size=8, ctc_weight=0.5, learner_fraction=0.0)
 >>> # fit(cfg, exp_dir, align_cuts(ctc_model, train_cuts, tokenizer), dev_cuts, tokenizer, objective)
 """
 
@@ -35,6 +35,7 @@ from imputer_asr.train import Objective
 
 __all__ = [
     "imputer_objective",
+    "imputer_start",
     "learner_alignment",
     "align_cuts",
     "sample_hours",
@@ -47,23 +48,27 @@ log = logging.getLogger(__name__)
 def imputer_objective(
     block_size: int = 8,
     ctc_weight: float = 0.0,
-    learner_rollin: bool = False,
+    learner_fraction: float = 0.0,
+    score_observed: bool = True,
     generator: torch.Generator | None = None,
 ) -> Objective:
     """The Imputer training objective for :func:`imputer_asr.train.fit`.
 
-    For a batch: the alignment is ``batch["alignments"]`` (the expert, from :func:`align_cuts`), or
-    with ``learner_rollin`` (and for batches without alignments, such as the dev set's) the forced
-    alignment under the model itself (:func:`learner_alignment`); it is block-masked, the network
-    reads the shown tokens, and the loss is the Imputer loss summed over utterances (utterances
-    without a consistent alignment count 0), plus ``ctc_weight`` times the CTC loss of the
-    all-[MASK] network on the same acoustic encoding.
+    For a batch: the alignment is ``batch["alignments"]`` (the expert, from :func:`align_cuts`) or,
+    for a random ``learner_fraction`` of the utterances (and all of a batch without alignments,
+    such as the dev set's), the forced alignment under the model itself (:func:`learner_alignment`:
+    the paper's learner roll-in); it is block-masked, the network reads the shown tokens, and the
+    loss is the Imputer loss summed over utterances (utterances without a consistent alignment
+    count 0), plus ``ctc_weight`` times the CTC loss of the all-[MASK] network on the same
+    acoustic encoding (joint training: the same network stays a CTC model).
 
     Args:
         block_size: B of the block masking.
         ctc_weight: weight of the auxiliary CTC term; 0 leaves it out (and saves a forward pass).
-        learner_rollin: align under the model being trained instead of the stored expert.
-        generator: randomness of the masks (default: torch's global generator).
+        learner_fraction: share of utterances, in [0, 1], aligned under the model being trained
+            instead of by the stored expert.
+        score_observed: score the shown frames too (see :func:`imputer_asr.losses.imputer_loss`).
+        generator: randomness of the masks and of the roll-in choice (default: torch's global one).
 
     Returns:
         ``(model, batch) -> (summed loss, number of target tokens)``.
@@ -75,17 +80,28 @@ def imputer_objective(
         raise ValueError(f"block_size must be at least 1, got {block_size}")
     if ctc_weight < 0:
         raise ValueError(f"ctc_weight must be >= 0, got {ctc_weight}")
+    if not 0.0 <= learner_fraction <= 1.0:
+        raise ValueError(f"learner_fraction must be in [0, 1], got {learner_fraction}")
 
     def objective(model: ImputerModel, batch: dict) -> tuple[Tensor, int]:
         features, feature_lengths = batch["features"], batch["feature_lengths"]
         targets, target_lengths = batch["targets"], batch["target_lengths"]
-        if learner_rollin or "alignments" not in batch:
-            alignment = learner_alignment(model, features, feature_lengths, targets, target_lengths)
+        n = features.size(0)
+        if "alignments" in batch:
+            device = generator.device if generator is not None else features.device
+            learner = torch.rand(n, generator=generator, device=device).to(features.device) < learner_fraction
         else:
-            alignment = None
+            learner = torch.ones(n, dtype=torch.bool, device=features.device)
+        own = None
+        if learner.any():
+            own = learner_alignment(model, features, feature_lengths, targets, target_lengths)
         hidden, lengths = model.encode_acoustic(features, feature_lengths)
-        if alignment is None:
+        if learner.all():
+            alignment = own
+        else:
             alignment = _expert_alignment(batch, lengths, hidden.size(1))
+            if own is not None:
+                alignment = torch.where(learner.unsqueeze(1), own.to(alignment.device), alignment)
         tokens_in, observed = block_mask(
             alignment.to(hidden.device), lengths, block_size, mask_id=model.cfg.mask_id, generator=generator
         )
@@ -100,6 +116,7 @@ def imputer_objective(
             blank=blank,
             reduction="none",
             zero_infinity=True,
+            score_observed=score_observed,
         )
         if ctc_weight > 0:
             ctc_log_probs = model.impute(hidden, lengths, model.all_mask(hidden))
@@ -116,6 +133,23 @@ def imputer_objective(
         return loss.sum(), int(target_lengths.sum())
 
     return objective
+
+
+def imputer_start(weights: dict[str, Tensor], mask_id: int) -> dict[str, Tensor]:
+    """A CTC model's weights as the start of an Imputer that computes exactly the CTC model's
+    function whatever alignment it is shown.
+
+    A CTC model has only ever read [MASK]: its other alignment-embedding rows are still their random
+    initialisation, and would perturb its output as soon as tokens are shown. They become copies of
+    the [MASK] row (as the public reference implementation does), and ``token_embed``, the
+    alignment's own path, is zero, so the Imputer starts from the CTC model's output and learns to
+    read its input from there.
+    """
+    weights = dict(weights)
+    rows = weights["align_embed.weight"]
+    weights["align_embed.weight"] = rows[mask_id].expand_as(rows).clone()
+    weights["token_embed.weight"] = torch.zeros_like(weights.get("token_embed.weight", rows))
+    return weights
 
 
 def learner_alignment(
@@ -196,7 +230,7 @@ def check_cut_alignments(cuts: CutSet) -> None:
     if missing:
         raise ValueError(
             f"{len(missing)} cut(s) have no '{ALIGNMENT_FIELD}' (e.g. {missing[0]}): run the align "
-            f"stage on these cuts, or set imputer.learner_rollin=true"
+            f"stage on these cuts, or set imputer.learner_fraction=1"
         )
     if wrong:
         raise ValueError(

@@ -206,6 +206,12 @@ class ImputerModel(nn.Module):
         self.subsampling = _ConvSubsampling(cfg.input_dim, cfg.subsampling_channels, cfg.d_model, cfg.dropout)
         self.align_embed = nn.Embedding(cfg.vocab_size + 1, cfg.d_model)
         nn.init.normal_(self.align_embed.weight, std=1.0 / math.sqrt(cfg.d_model))
+        # The alignment's own contribution: zero at [MASK] (padding_idx keeps that row at zero) and
+        # zero at the start, so that a CTC model behaves exactly as before whatever it is shown, and
+        # multiplied by ``token_scale`` so that Adam's steps move it at the scale of the acoustic
+        # frames (norm about 50), not of an embedding row (norm about 1.5).
+        self.token_embed = nn.Embedding(cfg.vocab_size + 1, cfg.d_model, padding_idx=cfg.mask_id)
+        nn.init.zeros_(self.token_embed.weight)
         self.blocks = nn.ModuleList(_ConformerBlock(cfg) for _ in range(cfg.num_layers))
         self.output = nn.Linear(cfg.d_model, cfg.vocab_size)
 
@@ -232,9 +238,13 @@ class ImputerModel(nn.Module):
         bottom = self.blocks[: self.cfg.inject_layer]
         return self._run_blocks(x, lengths, bottom) if len(bottom) else x, lengths
 
+    def alignment_input(self, tokens: Tensor) -> Tensor:
+        """The vectors (N, T', d) that alignment tokens (N, T') add to the acoustic states."""
+        return self.align_embed(tokens) + self.cfg.token_scale * self.token_embed(tokens)
+
     def impute(self, hidden: Tensor, lengths: Tensor, tokens: Tensor) -> Tensor:
         """Top blocks over acoustic states plus alignment tokens -> log-probs (N, T', C)."""
-        x = hidden + self.align_embed(tokens)
+        x = hidden + self.alignment_input(tokens)
         x = self._run_blocks(x, lengths, self.blocks[self.cfg.inject_layer :])
         return self.output(x).log_softmax(dim=-1)
 
@@ -247,7 +257,7 @@ class ImputerModel(nn.Module):
             return self.impute(hidden, lengths, tokens), None
         split = self.cfg.interctc_layer - self.cfg.inject_layer
         top = self.blocks[self.cfg.inject_layer :]
-        x = self._run_blocks(hidden + self.align_embed(tokens), lengths, top[:split])
+        x = self._run_blocks(hidden + self.alignment_input(tokens), lengths, top[:split])
         intermediate = self.output(x).log_softmax(dim=-1)
         x = self._run_blocks(x, lengths, top[split:])
         return self.output(x).log_softmax(dim=-1), intermediate

@@ -264,10 +264,12 @@ def test_gradients_reach_every_parameter(inject_layer: int, with_tokens: bool) -
     for name, p in model.named_parameters():
         assert p.grad is not None, name
         assert torch.isfinite(p.grad).all(), name
-        if name != "align_embed.weight":
+        if name not in ("align_embed.weight", "token_embed.weight"):
             assert p.grad.abs().sum() > 0, name
-    grad = model.align_embed.weight.grad
     used = set(tokens[~padding_mask(t, int(t.max()))].tolist()) if with_tokens else {VOCAB}
     for row in range(VOCAB + 1):
-        # Exactly the ids on valid frames get a gradient: padded frames reach no valid output.
-        assert (grad[row].abs().sum() > 0) == (row in used), row
+        # Exactly the ids on valid frames get a gradient: padded frames reach no valid output;
+        # the token path's [MASK] row stays zero.
+        assert (model.align_embed.weight.grad[row].abs().sum() > 0) == (row in used), row
+        token_grad = model.token_embed.weight.grad[row].abs().sum()
+        assert (token_grad > 0) == (row in used and row != VOCAB), row
