@@ -15,6 +15,10 @@ Adaptive decoding fixes, at each step, every masked frame whose maximum probabil
 threshold (at least the schedule's ceil(r / s) per block, so at least one) and stops as soon as
 nothing is left: confident utterances take fewer evaluations.
 
+:func:`imputer_emissions` runs the first K - 1 steps of K-step decoding and hands out the
+log-probabilities of the K-th evaluation instead of fixing the remaining frames by argmax, for a
+search with a language model (:mod:`imputer_asr.lm_decode`) to read.
+
 >>> from imputer_asr.config import ModelConfig
 >>> from imputer_asr.model import ImputerModel
 >>> cfg = ModelConfig(vocab_size=10, mask_id=10, d_model=32, num_heads=2, ff_dim=64, num_layers=2)
@@ -47,6 +51,7 @@ __all__ = [
     "ImputerDecoding",
     "decode_imputer",
     "decode_imputer_adaptive",
+    "imputer_emissions",
     "decode_cuts_imputer",
 ]
 
@@ -95,11 +100,46 @@ def decode_imputer(
         An :class:`ImputerResult` with ``evaluations == steps``.
     """
     _check_steps(steps, block_size, "steps")
+    return _impute_blocks(
+        model, features, feature_lengths, block_size, steps, _fixed_schedule, stop_early=False
+    )
 
-    def schedule(confidence: Tensor, remaining: Tensor, steps_left: int) -> Tensor:
-        return _ceil_div(remaining, steps_left)
 
-    return _impute_blocks(model, features, feature_lengths, block_size, steps, schedule, stop_early=False)
+def imputer_emissions(
+    model: ImputerModel,
+    features: Tensor,
+    feature_lengths: Tensor,
+    steps: int,
+    block_size: int = 8,
+) -> tuple[Tensor, Tensor]:
+    """The log-probabilities of the K-th (last) evaluation of K-step block decoding.
+
+    The first K - 1 steps are those of :func:`decode_imputer`; the K-th evaluation reads the
+    partial alignment they leave, and its output is returned where :func:`decode_imputer` would fix
+    the remaining frames by argmax. Frames fixed earlier keep the network's distribution at them
+    (not a one-hot of the fixed token). K = 1 is the all-[MASK] (CTC) network, ``model(features,
+    feature_lengths)``.
+
+    Args:
+        model, features, feature_lengths, steps, block_size: as for :func:`decode_imputer`.
+
+    Returns:
+        (N, T', C) log-probabilities and (N,) int64 encoder frames per utterance.
+
+    >>> from imputer_asr.config import ModelConfig
+    >>> cfg = ModelConfig(vocab_size=10, mask_id=10, d_model=32, num_heads=2, ff_dim=64, num_layers=2)
+    >>> model = ImputerModel(cfg)
+    >>> log_probs, lengths = imputer_emissions(model, torch.randn(2, 100, 80), torch.tensor([100, 60]), 4)
+    >>> tuple(log_probs.shape), lengths.tolist()
+    ((2, 24, 10), [24, 14])
+    """
+    _check_steps(steps, block_size, "steps")
+    run = _step_loop(
+        model, features, feature_lengths, block_size, steps, _fixed_schedule, stop_early=False, fix_last=False
+    )
+    if run.last_log_probs is None:  # steps >= 1 and no early stop: never happens
+        raise RuntimeError("Imputer decoding ran no evaluation")
+    return run.last_log_probs, run.lengths
 
 
 def decode_imputer_adaptive(
@@ -139,6 +179,83 @@ def decode_imputer_adaptive(
     return _impute_blocks(model, features, feature_lengths, block_size, max_steps, schedule, stop_early=True)
 
 
+@dataclass(frozen=True)
+class _Imputation:
+    """Where the step loop leaves a batch: the alignment (N, T') with [MASK] at the frames still
+    masked (``masked``, valid frames only), the 1-based step that fixed each frame (-1: none), the
+    encoder lengths, the log-probs (N, T', C) of the last evaluation (None when none ran) and how
+    many were run."""
+
+    tokens: Tensor
+    masked: Tensor
+    history: Tensor
+    lengths: Tensor
+    last_log_probs: Tensor | None
+    evaluations: int
+
+
+def _step_loop(
+    model: ImputerModel,
+    features: Tensor,
+    feature_lengths: Tensor,
+    block_size: int,
+    max_steps: int,
+    schedule: _Schedule,
+    *,
+    stop_early: bool,
+    fix_last: bool,
+) -> _Imputation:
+    """The imputation loop of every Imputer decoder: up to ``max_steps`` evaluations, each fixing
+    the scheduled frames of every block; ``stop_early`` stops once nothing is masked, and with
+    ``fix_last`` False the last evaluation fixes nothing (its log-probs are the result)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            hidden, lengths = model.encode_acoustic(features, feature_lengths)
+            tokens = model.all_mask(hidden)
+            masked = ~padding_mask(lengths, hidden.size(1))
+            history = torch.full_like(tokens, -1)
+            log_probs: Tensor | None = None
+            evaluations = 0
+            for step in range(max_steps):
+                if stop_early and not bool(masked.any()):
+                    break
+                log_probs = _evaluate(model, hidden, lengths, tokens, masked if stop_early else None)
+                evaluations += 1
+                if step == max_steps - 1 and not fix_last:
+                    break
+                confidence, best = log_probs.max(dim=-1)
+                fix = _choose(confidence, masked, block_size, max_steps - step, schedule)
+                tokens = torch.where(fix, best, tokens)
+                history = history.masked_fill(fix, step + 1)
+                masked = masked & ~fix
+    finally:
+        model.train(was_training)
+    return _Imputation(tokens, masked, history, lengths, log_probs, evaluations)
+
+
+def _evaluate(
+    model: ImputerModel, hidden: Tensor, lengths: Tensor, tokens: Tensor, masked: Tensor | None
+) -> Tensor:
+    """One network evaluation; given ``masked``, only over the utterances with masked frames left.
+
+    An adaptive decoder is done with a confident utterance after a step or two while the rest of
+    its batch goes on; running the network over the unfinished ones only is what makes stopping
+    early save time. Finished rows get -inf (nothing of theirs is chosen any more).
+    """
+    if masked is None:
+        return model.impute(hidden, lengths, tokens)
+    rows = masked.any(dim=1).nonzero().squeeze(1)
+    if len(rows) == len(lengths):
+        return model.impute(hidden, lengths, tokens)
+    width = int(lengths[rows].max())
+    part = model.impute(hidden[rows, :width], lengths[rows], tokens[rows, :width])
+    out = part.new_full((*tokens.shape, part.size(-1)), float("-inf"))
+    out[rows, :width] = part
+    return out
+
+
 def _impute_blocks(
     model: ImputerModel,
     features: Tensor,
@@ -148,34 +265,28 @@ def _impute_blocks(
     schedule: _Schedule,
     stop_early: bool,
 ) -> ImputerResult:
-    """The decoding loop shared by the fixed and adaptive schedules."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            hidden, lengths = model.encode_acoustic(features, feature_lengths)
-            tokens = model.all_mask(hidden)
-            masked = ~padding_mask(lengths, hidden.size(1))
-            history = torch.full_like(tokens, -1)
-            evaluations = 0
-            for step in range(max_steps):
-                if stop_early and not bool(masked.any()):
-                    break
-                log_probs = model.impute(hidden, lengths, tokens)
-                evaluations += 1
-                confidence, best = log_probs.max(dim=-1)
-                fix = _choose(confidence, masked, block_size, max_steps - step, schedule)
-                tokens = torch.where(fix, best, tokens)
-                history = history.masked_fill(fix, step + 1)
-                masked = masked & ~fix
-    finally:
-        model.train(was_training)
-    if bool(masked.any()):  # the schedules guarantee this never happens
+    """Decode by the step loop until every frame is fixed, then collapse the alignment."""
+    run = _step_loop(
+        model,
+        features,
+        feature_lengths,
+        block_size,
+        max_steps,
+        schedule,
+        stop_early=stop_early,
+        fix_last=True,
+    )
+    if bool(run.masked.any()):  # the schedules guarantee this never happens
         raise RuntimeError("Imputer decoding left masked frames")
-    alignment = tokens.masked_fill(padding_mask(lengths, tokens.size(1)), -1)
+    alignment = run.tokens.masked_fill(padding_mask(run.lengths, run.tokens.size(1)), -1)
     blank = model.cfg.blank_id
     collapsed = [collapse_alignment(row, blank) for row in alignment.tolist()]
-    return ImputerResult(alignment, lengths, collapsed, history, evaluations)
+    return ImputerResult(alignment, run.lengths, collapsed, run.history, run.evaluations)
+
+
+def _fixed_schedule(confidence: Tensor, remaining: Tensor, steps_left: int) -> Tensor:
+    """K-step decoding: ceil(r / s) frames of a block with r masked and s steps left."""
+    return _ceil_div(remaining, steps_left)
 
 
 def _choose(
@@ -212,12 +323,14 @@ def _check_steps(steps: int, block_size: int, name: str) -> None:
 @dataclass(frozen=True)
 class ImputerDecoding:
     """Imputer decoding of a CutSet: hypotheses, decoding wall time (s), network evaluations
-    summed over batches, and the number of batches."""
+    summed over batches, the number of batches, and the evaluations each utterance took, summed
+    (fewer than ``steps`` per utterance only for adaptive decoding, which stops early)."""
 
     hyps: list[Hypothesis]
     seconds: float
     evaluations: int
     batches: int
+    utterance_evaluations: int = 0
 
 
 def decode_cuts_imputer(
@@ -241,7 +354,7 @@ def decode_cuts_imputer(
     device = next(model.parameters()).device
     loader = make_loader(cuts, tokenizer, DataConfig(max_duration=max_duration), train=False)
     hyps: list[Hypothesis] = []
-    elapsed, evaluations, batches = 0.0, 0, 0
+    elapsed, evaluations, batches, utterance_evaluations = 0.0, 0, 0, 0
     for batch in loader:
         features = batch["features"].to(device)
         lengths = batch["feature_lengths"].to(device)
@@ -252,6 +365,7 @@ def decode_cuts_imputer(
             result = decode_imputer_adaptive(model, features, lengths, threshold, block_size, steps)
         elapsed += time.perf_counter() - start
         evaluations += result.evaluations
+        utterance_evaluations += int(result.history.max(dim=1).values.clamp(min=0).sum())
         batches += 1
         hyps += batch_hypotheses(batch, result.tokens, tokenizer)
-    return ImputerDecoding(hyps, elapsed, evaluations, batches)
+    return ImputerDecoding(hyps, elapsed, evaluations, batches, utterance_evaluations)

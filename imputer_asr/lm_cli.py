@@ -1,9 +1,11 @@
 """The language-model commands of ``imputer-asr``: ``lm`` (train an n-gram model and spell its
-lexicon), ``tune-lm`` (choose the LM weight and word score on dev) and the ``--lm`` options of
-``decode``. Kept apart from :mod:`imputer_asr.cli` so that the main command list stays readable."""
+lexicon), ``tune-lm`` (choose the LM weight and word score on dev, for CTC or for the K-th step of
+the Imputer) and the ``--lexicon`` options of ``decode`` and ``decode-imputer``. Kept apart from
+:mod:`imputer_asr.cli` so that the main command list stays readable."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -105,24 +107,58 @@ def lm_weights_from_args(args):
 
 
 def decode_with_lm(args, packaged, cuts):
-    """Hypotheses and wall time (forward passes plus search) of the LM decoding of ``cuts``."""
+    """Hypotheses and wall time (forward passes plus search) of the LM decoding of ``cuts`` over
+    the CTC output, and the weights used."""
+    hyps, seconds, weights, _ = _search_with_lm(args, packaged, cuts, steps=1, block_size=1)
+    return hyps, seconds, weights
+
+
+def decode_imputer_with_lm(args, packaged, cuts, steps: int, block_size: int):
+    """Hypotheses and wall time of the LM decoding of ``cuts`` over the log-probs of the K-th
+    (``steps``) evaluation of the Imputer, and the record of it for the timing file: K, B, network
+    evaluations, and the LM weights."""
+    hyps, seconds, weights, emissions = _search_with_lm(args, packaged, cuts, steps, block_size)
+    record = {
+        "block_size": block_size,
+        "steps": steps,
+        "adaptive_threshold": None,
+        "evaluations": steps * emissions.batches,
+        "batches": emissions.batches,
+        "evaluations_per_batch": steps,
+        "lm_weights_file": None if args.lm_weights is None else str(args.lm_weights),
+        **dataclasses.asdict(weights),
+    }
+    return hyps, seconds, record
+
+
+def _search_with_lm(args, packaged, cuts, steps: int, block_size: int):
     from imputer_asr.lm_decode import LexiconBeamSearch, compute_emissions, decode_emissions
 
     weights = lm_weights_from_args(args)
     LexiconBeamSearch(packaged.tokenizer, args.lexicon, args.arpa, weights)  # bad files: fail early
-    emissions = compute_emissions(packaged.model, packaged.tokenizer, cuts)
+    if args.lm_weights is not None and (tuned := _tuned_steps(args.lm_weights)) != steps:
+        log.warning("%s was tuned on step %d, decoding reads step %d", args.lm_weights, tuned, steps)
+    emissions = compute_emissions(
+        packaged.model, packaged.tokenizer, cuts, steps=steps, block_size=block_size
+    )
     hyps, search_seconds = decode_emissions(
         emissions, packaged.tokenizer, args.lexicon, args.arpa, weights, jobs=args.threads
     )
     log.info(
-        "LM decoding: lm_weight %.2f, word_score %.2f, beam %d; forward %.1f s, search %.1f s",
+        "LM decoding of step %d: lm_weight %.2f, word_score %.2f, beam %d; forward %.1f s, search %.1f s",
+        steps,
         weights.lm_weight,
         weights.word_score,
         weights.beam_size,
         emissions.seconds,
         search_seconds,
     )
-    return hyps, emissions.seconds + search_seconds, weights
+    return hyps, emissions.seconds + search_seconds, weights, emissions
+
+
+def _tuned_steps(path: Path) -> int:
+    """The K whose log-probs a tune-lm result was tuned on (files without it: 1, CTC)."""
+    return int(json.loads(Path(path).read_text()).get("steps", 1))
 
 
 def add_tune_lm(sub) -> None:
@@ -135,6 +171,13 @@ def add_tune_lm(sub) -> None:
     p.add_argument("--word-score", type=float, nargs="+", default=list(DEFAULT_WORD_SCORES))
     p.add_argument("--beam-size", type=int, default=DEFAULT_BEAM)
     p.add_argument("--beam-size-token", type=int, default=DEFAULT_BEAM_TOKENS, help=BEAM_TOKENS_HELP)
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=1,
+        help="K: tune on the K-th evaluation of K-step Imputer decoding (default 1: the CTC output)",
+    )
+    p.add_argument("--block-size", type=int, default=None, help="B; default: the model's imputer config")
     p.add_argument("--out", type=Path, required=True, help="JSON: the best weights and every grid point")
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=run_tune_lm)
@@ -150,7 +193,10 @@ def run_tune_lm(args) -> None:
 
     torch.set_num_threads(args.threads)
     packaged = load_packaged(args.model)
-    emissions = compute_emissions(packaged.model, packaged.tokenizer, _load_cuts(args.cuts))
+    block_size = args.block_size or packaged.config.imputer.block_size
+    emissions = compute_emissions(
+        packaged.model, packaged.tokenizer, _load_cuts(args.cuts), steps=args.steps, block_size=block_size
+    )
     best, grid = tune(
         emissions,
         packaged.tokenizer,
@@ -165,14 +211,17 @@ def run_tune_lm(args) -> None:
     record = {
         "best": {"lm_weight": best.lm_weight, "word_score": best.word_score},
         "cuts": str(args.cuts),
+        "steps": args.steps,
+        "block_size": block_size,
         "grid": grid,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out, json.dumps(record, indent=2) + "\n")
     chosen = next(r for r in grid if (r["lm_weight"], r["word_score"]) == (best.lm_weight, best.word_score))
     log.info(
-        "%s: lm_weight %.2f, word_score %.2f (dev WER %.2f%%)",
+        "%s: step %d: lm_weight %.2f, word_score %.2f (dev WER %.2f%%)",
         args.out,
+        args.steps,
         best.lm_weight,
         best.word_score,
         100 * chosen["wer"],

@@ -8,6 +8,11 @@ flashlight's lexicon decoder (through :func:`torchaudio.models.decoder.ctc_decod
 ``flashlight-text`` package) with a KenLM model read from an ARPA file (:mod:`imputer_asr.lm`).
 ``lm_weight`` and ``word_score`` are chosen on dev by :func:`tune`.
 
+The search reads the log-probabilities of the all-[MASK] (CTC) network or, with ``steps`` K > 1 in
+:func:`compute_emissions`, those of the K-th evaluation of the Imputer's K-step block decoding
+(:func:`imputer_asr.imputer_decode.imputer_emissions`): the search then takes the place of the
+last step's argmax.
+
 The tokenizer has no silence piece, so ``<unk>``, which the model never emits (it is never a
 target), stands in for flashlight's silence token; word boundaries come from the ``▁`` that starts
 each word's first piece.
@@ -36,6 +41,7 @@ from torch import Tensor
 from imputer_asr.config import DataConfig
 from imputer_asr.dataset import make_loader
 from imputer_asr.decode import Hypothesis
+from imputer_asr.imputer_decode import imputer_emissions
 from imputer_asr.lm import UNK
 from imputer_asr.model import ImputerModel
 from imputer_asr.scoring import score
@@ -151,21 +157,35 @@ class Emissions:
     refs: list[str]
     durations: list[float]
     seconds: float  # wall time of the forward passes
+    steps: int = 1  # network evaluations per batch: 1 for CTC, K for the Imputer's K-th step
+    batches: int = 0
 
 
 @torch.inference_mode()
 def compute_emissions(
-    model: ImputerModel, tokenizer: Tokenizer, cuts: CutSet, max_duration: float = 200.0
+    model: ImputerModel,
+    tokenizer: Tokenizer,
+    cuts: CutSet,
+    max_duration: float = 200.0,
+    *,
+    steps: int = 1,
+    block_size: int = 8,
 ) -> Emissions:
-    """Run the CTC model (all-[MASK] input) over every cut."""
+    """Run the network over every cut: the log-probs of the K-th evaluation of K-step Imputer
+    decoding (:func:`imputer_asr.imputer_decode.imputer_emissions`, K = ``steps`` in
+    [1, ``block_size``]); K = 1, the default, is the CTC model (all-[MASK] input)."""
+    if not 1 <= steps <= block_size:
+        raise ValueError(f"steps must lie in [1, block_size={block_size}], got {steps}")
     model.eval()
     device = next(model.parameters()).device
-    out = Emissions([], [], [], [], 0.0)
+    out = Emissions([], [], [], [], 0.0, steps=steps)
     for batch in make_loader(cuts, tokenizer, DataConfig(max_duration=max_duration), train=False):
         start = time.perf_counter()
-        log_probs, lengths = model(batch["features"].to(device), batch["feature_lengths"].to(device))
+        features, feature_lengths = batch["features"].to(device), batch["feature_lengths"].to(device)
+        log_probs, lengths = imputer_emissions(model, features, feature_lengths, steps, block_size)
         log_probs = log_probs.float().cpu()
         out.seconds += time.perf_counter() - start
+        out.batches += 1
         for i, length in enumerate(lengths.tolist()):
             out.log_probs.append(log_probs[i, :length].contiguous())
         out.cut_ids += batch["cut_ids"]

@@ -116,8 +116,11 @@ def _read_row(system: str, decoder: str, wer_path: Path, timing_path: Path) -> R
         )
     scores = _read_json(wer_path, ("wer", "cer"))
     timing = _read_json(timing_path, ("decode_seconds", "rtf"))
-    # The Imputer's decode writes evaluations_per_batch; CTC greedy runs the network once per batch.
-    steps = timing.get("evaluations_per_batch", timing.get("steps", 1))
+    # The Imputer's decode writes evaluations per utterance (fewer than K when adaptive decoding
+    # stops early) and per batch; CTC greedy runs the network once per batch.
+    steps = timing.get(
+        "evaluations_per_utterance", timing.get("evaluations_per_batch", timing.get("steps", 1))
+    )
     return ResultRow(
         system=system,
         decoder=decoder,

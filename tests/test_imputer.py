@@ -33,8 +33,14 @@ from imputer_asr.config import (
 )
 from imputer_asr.dataset import AsrDataset
 from imputer_asr.decode import ctc_greedy_search
-from imputer_asr.imputer_decode import decode_imputer, decode_imputer_adaptive
-from imputer_asr.imputer_train import align_cuts, imputer_objective, learner_alignment, sample_hours
+from imputer_asr.imputer_decode import decode_imputer, decode_imputer_adaptive, imputer_emissions
+from imputer_asr.imputer_train import (
+    align_cuts,
+    imputer_objective,
+    imputer_start,
+    learner_alignment,
+    sample_hours,
+)
 from imputer_asr.model import ImputerModel, subsampled_lengths
 from imputer_asr.train import ctc_objective
 
@@ -73,6 +79,7 @@ def _expected_counts(length: int, steps: int) -> list[int]:
 class _Counter:
     def __init__(self) -> None:
         self.calls = 0
+        self.rows: list[int] = []
 
     def hook(self, *args) -> None:
         self.calls += 1
@@ -127,12 +134,20 @@ def test_every_valid_frame_fixed_on_schedule(steps):
 
 
 def _fixed_network(monkeypatch, model: ImputerModel, log_probs: torch.Tensor) -> _Counter:
-    """Make ``model.impute`` return ``log_probs`` whatever the alignment it is shown."""
+    """Make ``model.impute`` return ``log_probs`` whatever the alignment it is shown, for the rows
+    of the batch it is given (adaptive decoding passes only the unfinished utterances; they are
+    told apart by their acoustic states, which the first call, over the whole batch, records)."""
     counter = _Counter()
+    first: list[torch.Tensor] = []
 
     def impute(hidden, lengths, tokens):
         counter.hook()
-        return log_probs[:, : hidden.size(1)]
+        counter.rows.append(hidden.size(0))
+        if not first:
+            first.append(hidden)
+        width = hidden.size(1)
+        rows = [next(j for j, full in enumerate(first[0]) if torch.equal(full[:width], h)) for h in hidden]
+        return log_probs[rows, :width]
 
     monkeypatch.setattr(model, "impute", impute)
     return counter
@@ -187,6 +202,23 @@ def test_adaptive_stops_early_when_confident(monkeypatch):
     counter = _fixed_network(monkeypatch, model, _peaked(torch.full((3, 24), 0.95), best))
     result = decode_imputer_adaptive(model, features, lengths, threshold=0.9)
     assert result.evaluations == counter.calls == 1
+    valid = result.history >= 0
+    assert torch.equal(result.alignment[valid], best[valid])
+
+
+def test_adaptive_runs_the_network_over_unfinished_utterances_only(monkeypatch):
+    model = _model()
+    features, lengths = _ragged_batch()
+    confidence = 0.2 + 0.2 * torch.rand(3, 24, generator=torch.Generator().manual_seed(3))
+    confidence[1] = 0.95  # utterance 1 is done after one step
+    best = torch.randint(VOCAB, (3, 24), generator=torch.Generator().manual_seed(4))
+    counter = _fixed_network(monkeypatch, model, _peaked(confidence, best))
+    result = decode_imputer_adaptive(model, features, lengths, threshold=0.9, block_size=8)
+    last_step = result.history.max(dim=1).values  # the evaluations each utterance took
+    assert last_step[1] == 1 and last_step.max() == 8
+    # Step s evaluates exactly the utterances that still had masked frames before it.
+    assert counter.rows == [int((last_step >= step).sum()) for step in range(1, 9)]
+    assert counter.rows[1] == 2
     valid = result.history >= 0
     assert torch.equal(result.alignment[valid], best[valid])
 
@@ -272,7 +304,8 @@ def test_ctc_objective_mixes_in_intermediate_ctc():
     torch.testing.assert_close(mixed, 0.75 * plain + 0.25 * inter)
 
 
-def test_objective_observed_frames_get_no_gradient(monkeypatch):
+@pytest.mark.parametrize("score_observed", [True, False])
+def test_objective_scores_observed_frames_only_when_asked(monkeypatch, score_observed):
     model = _model(inject_layer=1)
     batch = _aligned_batch(model, seed=1)
     seen = {}
@@ -290,11 +323,18 @@ def test_objective_observed_frames_get_no_gradient(monkeypatch):
     monkeypatch.setattr(imputer_train, "block_mask", block_mask)
     monkeypatch.setattr(model, "impute", impute)
     generator = torch.Generator().manual_seed(0)
-    loss, _ = imputer_objective(block_size=8, generator=generator)(model, batch)
+    objective = imputer_objective(block_size=8, score_observed=score_observed, generator=generator)
+    loss, _ = objective(model, batch)
     loss.backward()
     grad, observed = seen["log_probs"].grad, seen["observed"]
     assert bool((observed >= 0).any()) and bool((observed == -1).any())
-    assert bool((grad[observed >= 0] == 0).all())
+    # d(-log p_t(o_t))/d log p_t(o_t) = -1 at a scored shown frame's token (the DP adds nothing there)
+    rows, frames = (observed >= 0).nonzero(as_tuple=True)
+    at_token = grad[rows, frames, observed[rows, frames]]
+    if score_observed:
+        assert bool((at_token == -1).all())
+    else:
+        assert bool((grad[observed >= 0] == 0).all())
     assert bool((grad[observed == -1].abs().sum(-1) > 0).any())
     shown = observed >= 0  # the network is shown exactly the observed tokens, [MASK] elsewhere
     assert torch.equal(seen["tokens_in"][shown], observed[shown])
@@ -306,7 +346,7 @@ def test_objective_learner_rollin_and_length_check():
     model = _model(inject_layer=1).train()
     batch = _aligned_batch(model)
     del batch["alignments"], batch["alignment_lengths"]
-    loss, _ = imputer_objective(learner_rollin=True)(model, batch)
+    loss, _ = imputer_objective(learner_fraction=1.0)(model, batch)
     assert model.training and torch.isfinite(loss)
     loss.backward()
     rollin = learner_alignment(
@@ -483,3 +523,115 @@ def test_cli_align_max_hours_aligns_a_subset(tiny_corpus, aligned, tmp_path, cap
     assert [c.id for c in subset] == [c.id for c in expected] and len(subset) < len(cuts)
     assert all("alignment" in c.custom for c in subset)
     assert f"aligning {len(subset)} of {len(cuts)} cuts" in caplog.text
+
+
+def test_imputer_start_computes_the_ctc_function_whatever_it_is_shown():
+    ctc = _model(inject_layer=0).eval()
+    with torch.no_grad():
+        ctc.token_embed.weight[: ctc.cfg.mask_id].normal_()  # imputer_start must zero it
+    imputer = ImputerModel(ctc.cfg).eval()
+    imputer.load_state_dict(imputer_start(ctc.state_dict(), ctc.cfg.mask_id))
+    batch = _aligned_batch(ctc)
+    want, _ = ctc(batch["features"], batch["feature_lengths"])
+    shown = batch["alignments"].clamp(min=0)
+    got, _ = imputer(batch["features"], batch["feature_lengths"], shown)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    got_ctc, _ = ctc(batch["features"], batch["feature_lengths"], shown)
+    assert not torch.allclose(got_ctc, want)  # without it, the random rows change the output
+
+
+def test_objective_mixes_expert_and_learner_alignments(monkeypatch):
+    model = _model(inject_layer=1)
+    batch = _aligned_batch(_model(inject_layer=1, seed=5))  # the "expert": another model's alignments
+    seen = {}
+    real_mask = imputer_train.block_mask
+
+    def block_mask(alignment, *args, **kwargs):
+        seen["alignment"] = alignment.clone()
+        return real_mask(alignment, *args, **kwargs)
+
+    monkeypatch.setattr(imputer_train, "block_mask", block_mask)
+    own = learner_alignment(
+        model, batch["features"], batch["feature_lengths"], batch["targets"], batch["target_lengths"]
+    )
+    expert = batch["alignments"]
+    assert all(not torch.equal(a, b) for a, b in zip(own, expert, strict=True))
+    for fraction, want in ((0.0, expert), (1.0, own)):
+        imputer_objective(learner_fraction=fraction)(model, batch)
+        torch.testing.assert_close(seen["alignment"], want)
+    picks = set()
+    for seed in range(20):
+        generator = torch.Generator().manual_seed(seed)
+        imputer_objective(learner_fraction=0.5, generator=generator)(model, batch)
+        for i, row in enumerate(seen["alignment"]):
+            assert torch.equal(row, expert[i]) or torch.equal(row, own[i])
+            picks.add((i, torch.equal(row, own[i])))
+    assert len(picks) == 6  # each utterance drew both sources
+    with pytest.raises(ValueError, match="learner_fraction"):
+        imputer_objective(learner_fraction=1.5)
+
+
+def _alignment_sensitive_model(inject_layer: int) -> ImputerModel:
+    """A random Imputer whose output depends on the alignment it is shown (the zero-initialised
+    token embedding would make every step's distributions equal)."""
+    model = _model(inject_layer=inject_layer, seed=4)
+    with torch.no_grad():
+        model.token_embed.weight.normal_()
+    return model
+
+
+def _recording_impute(monkeypatch, model: ImputerModel) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Record the alignment shown to, and the log-probs returned by, every ``model.impute`` call."""
+    calls, real = [], model.impute
+
+    def impute(hidden, lengths, tokens):
+        log_probs = real(hidden, lengths, tokens)
+        calls.append((tokens.clone(), log_probs.clone()))
+        return log_probs
+
+    monkeypatch.setattr(model, "impute", impute)
+    return calls
+
+
+@pytest.mark.parametrize("inject_layer", [0, 1])
+def test_imputer_emissions_of_one_step_are_the_ctc_network(inject_layer):
+    model = _alignment_sensitive_model(inject_layer)
+    features, lengths = _ragged_batch(seed=6)
+    log_probs, out_lengths = imputer_emissions(model, features, lengths, steps=1, block_size=8)
+    expected, expected_lengths = model(features, lengths)
+    assert torch.equal(log_probs, expected) and torch.equal(out_lengths, expected_lengths)
+
+
+@pytest.mark.parametrize("steps", [2, 3, 8])
+def test_imputer_emissions_are_the_last_step_of_k_step_decoding(monkeypatch, steps):
+    model = _alignment_sensitive_model(inject_layer=1)
+    features, lengths = _ragged_batch(seed=6)
+    calls = _recording_impute(monkeypatch, model)
+    result = decode_imputer(model, features, lengths, steps, block_size=8)
+    decoded = list(calls)
+    calls.clear()
+    log_probs, out_lengths = imputer_emissions(model, features, lengths, steps, block_size=8)
+    # The same K evaluations over the same partial alignments; the emissions are the K-th output.
+    assert len(calls) == len(decoded) == steps
+    for (shown, out), (decode_shown, decode_out) in zip(calls, decoded, strict=True):
+        assert torch.equal(shown, decode_shown) and torch.equal(out, decode_out)
+    assert torch.equal(log_probs, decoded[-1][1]) and torch.equal(out_lengths, result.lengths)
+    # That K-th alignment holds the frames fixed before step K and [MASK] at the rest, and fixing
+    # those by the emissions' argmax gives decode_imputer's alignment.
+    last_shown = calls[-1][0]
+    valid = result.history >= 1
+    earlier, last = valid & (result.history < steps), result.history == steps
+    assert bool(last.any()) and bool(earlier.any())
+    assert torch.equal(last_shown[earlier], result.alignment[earlier])
+    assert bool((last_shown[~earlier] == model.cfg.mask_id).all())
+    filled = torch.where(last, log_probs.argmax(dim=-1), last_shown).masked_fill(~valid, -1)
+    assert torch.equal(filled, result.alignment)
+    assert not torch.equal(log_probs, model(features, lengths)[0])  # not the CTC output
+
+
+def test_imputer_emissions_reject_bad_steps():
+    model = _model()
+    features, lengths = _ragged_batch()
+    for steps, block_size in ((0, 8), (5, 4)):
+        with pytest.raises(ValueError, match="steps"):
+            imputer_emissions(model, features, lengths, steps, block_size)

@@ -353,3 +353,99 @@ def test_decode_refuses_arpa_without_lexicon(tmp_path: Path, capsys) -> None:
     args += ["--out-dir", str(tmp_path), "--name", "x", "--arpa", str(tmp_path / "lm.arpa")]
     assert main(args) == 2  # refused before the (missing) model is read
     assert "--arpa needs --lexicon" in capsys.readouterr().err
+
+
+def _noise_cuts(tmp_path: Path, texts: list[str], mel_bins: int) -> Path:
+    """Cuts of noise (1 to 2 s) transcribed as ``texts``, with fbank features stored in tmp_path."""
+    import numpy as np
+    import soundfile as sf
+    from lhotse import CutSet, Fbank, FbankConfig, LilcomChunkyWriter, Recording, SupervisionSegment
+
+    cuts = []
+    for i, text in enumerate(texts):
+        wav = tmp_path / f"utt{i}.wav"
+        sf.write(wav, np.random.default_rng(i).normal(0, 0.1, 16000 + 4000 * i), 16000)
+        recording = Recording.from_file(wav, recording_id=f"utt{i}")
+        cut = recording.to_cut()
+        cut.supervisions = [SupervisionSegment(f"utt{i}", f"utt{i}", 0.0, recording.duration, text=text)]
+        cuts.append(cut)
+    cuts = CutSet.from_cuts(cuts).compute_and_store_features(
+        Fbank(FbankConfig(num_mel_bins=mel_bins)), tmp_path / "feats", storage_type=LilcomChunkyWriter
+    )
+    path = tmp_path / "cuts.jsonl.gz"
+    cuts.to_file(path)
+    return path
+
+
+def test_imputer_emissions_of_one_step_are_the_ctc_output(
+    tokenizer, tiny_model_config, tmp_path: Path
+) -> None:
+    from lhotse import CutSet
+
+    from imputer_asr.config import DataConfig
+    from imputer_asr.dataset import make_loader
+    from imputer_asr.lm_decode import compute_emissions
+    from imputer_asr.model import ImputerModel
+
+    torch.manual_seed(0)
+    model = ImputerModel(tiny_model_config(tokenizer)).eval()
+    cuts = CutSet.from_file(_noise_cuts(tmp_path, ["THE CAT SAT", "ON THE MAT", "A DOG"], mel_bins=20))
+    emissions = compute_emissions(model, tokenizer, cuts)
+    expected = {}
+    for batch in make_loader(cuts, tokenizer, DataConfig(max_duration=200.0), train=False):
+        with torch.inference_mode():
+            log_probs, lengths = model(batch["features"], batch["feature_lengths"])
+        for i, (cut_id, length) in enumerate(zip(batch["cut_ids"], lengths.tolist(), strict=True)):
+            expected[cut_id] = log_probs[i, :length]
+    assert sorted(emissions.cut_ids) == sorted(expected) and emissions.steps == 1
+    for cut_id, got in zip(emissions.cut_ids, emissions.log_probs, strict=True):
+        assert torch.equal(got, expected[cut_id])
+    imputer = compute_emissions(model, tokenizer, cuts, steps=3, block_size=4)
+    assert imputer.steps == 3 and imputer.batches == emissions.batches == 1
+    assert [lp.shape for lp in imputer.log_probs] == [lp.shape for lp in emissions.log_probs]
+    with pytest.raises(ValueError, match="steps"):
+        compute_emissions(model, tokenizer, cuts, steps=5, block_size=4)
+
+
+def test_imputer_tune_and_decode_with_lm_commands(
+    tokenizer, tiny_model_config, tmp_path: Path, caplog
+) -> None:
+    """tune-lm --steps K on dev, then decode-imputer --steps K with the tuned weights."""
+    from imputer_asr.checkpoint import package_model
+    from imputer_asr.config import ExperimentConfig, ImputerConfig
+    from imputer_asr.model import ImputerModel
+
+    model_cfg = tiny_model_config(tokenizer)
+    torch.manual_seed(0)
+    model_pt = tmp_path / "model.pt"
+    cfg = ExperimentConfig(model=model_cfg, imputer=ImputerConfig(block_size=4))
+    package_model(ImputerModel(model_cfg).state_dict(), cfg, tokenizer, model_pt, trained_as="imputer")
+    texts = ["THE CAT SAT", "ON THE MAT", "A DOG"]
+    cuts = str(_noise_cuts(tmp_path, texts, mel_bins=20))
+    lexicon, arpa = (str(p) for p in _resources(tokenizer, tmp_path))
+    lm = ["--lexicon", lexicon, "--arpa", arpa, "--beam-size", "10", "--threads", "1"]
+    tuned = tmp_path / "lm_weights.json"
+    grid = ["--lm-weight", "0", "1", "--word-score", "0"]
+    tune = ["tune-lm", "--model", str(model_pt), "--cuts", cuts, *lm, *grid, "--steps", "2"]
+    assert main([*tune, "--out", str(tuned)]) == 0
+    record = json.loads(tuned.read_text())
+    assert record["steps"] == 2 and record["block_size"] == 4 and len(record["grid"]) == 2
+    decode = ["decode-imputer", "--model", str(model_pt), "--cuts", cuts, "--out-dir", str(tmp_path)]
+    assert main([*decode, "--name", "k2-lm", "--steps", "2", *lm, "--lm-weights", str(tuned)]) == 0
+    hyps = [json.loads(line) for line in (tmp_path / "hyps-k2-lm.jsonl").read_text().splitlines()]
+    assert sorted(h["ref"] for h in hyps) == sorted(texts)
+    words = set(Path(lexicon).read_text().split())
+    assert all(set(h["hyp"].split()) <= words for h in hyps)  # lexicon words only
+    timing = json.loads((tmp_path / "timing-k2-lm.json").read_text())
+    assert (timing["steps"], timing["block_size"], timing["utterances"]) == (2, 4, 3)
+    assert timing["evaluations"] == 2 * timing["batches"] and timing["evaluations_per_batch"] == 2
+    assert timing["lm_weight"] == record["best"]["lm_weight"] and timing["beam_size"] == 10
+    assert timing["lm_weights_file"] == str(tuned)
+    assert "was tuned on step" not in caplog.text
+    # decode (CTC) with the same weights: it runs, and warns that they were tuned on step 2.
+    ctc = ["decode", "--model", str(model_pt), "--cuts", cuts, "--out-dir", str(tmp_path), "--name", "ctc-lm"]
+    assert main([*ctc, *lm, "--lm-weights", str(tuned)]) == 0
+    assert len((tmp_path / "hyps-ctc-lm.jsonl").read_text().splitlines()) == 3
+    assert "was tuned on step 2, decoding reads step 1" in caplog.text
+    assert main([*decode, "--name", "x", "--adaptive", "0.9", *lm]) == 2  # refused: LM reads step K
+    assert main([*decode, "--name", "x", "--arpa", arpa]) == 2  # refused: no lexicon
