@@ -450,19 +450,30 @@ def _init_weights(path: Path, model_cfg):
     return packaged.model.state_dict()
 
 
+def _trained_as(path: Path) -> str:
+    from imputer_asr.checkpoint import load_packaged
+
+    return load_packaged(path).info.get("trained_as", "ctc")
+
+
 def _run_train_imputer(args) -> None:
     from imputer_asr.imputer_decode import decode_cuts_imputer
-    from imputer_asr.imputer_train import check_cut_alignments, imputer_objective
+    from imputer_asr.imputer_train import check_cut_alignments, imputer_objective, imputer_start
     from imputer_asr.tokenizer import Tokenizer
     from imputer_asr.train import fit
 
     tokenizer = Tokenizer.from_file(args.bpe)
     cfg = _resolved_config(args, tokenizer)
     train_cuts = _load_cuts(args.train_cuts)
-    if not cfg.imputer.learner_rollin:
+    if cfg.imputer.learner_fraction < 1:
         check_cut_alignments(train_cuts)
-    init = _init_weights(args.init_from, cfg.model) if args.init_from is not None else None
-    objective = imputer_objective(cfg.imputer.block_size, cfg.imputer.ctc_weight, cfg.imputer.learner_rollin)
+    init = None
+    if args.init_from is not None:
+        init = _init_weights(args.init_from, cfg.model)
+        if _trained_as(args.init_from) == "ctc":
+            init = imputer_start(init, cfg.model.mask_id)
+    imp = cfg.imputer
+    objective = imputer_objective(imp.block_size, imp.ctc_weight, imp.learner_fraction, imp.score_observed)
     block = cfg.imputer.block_size
 
     def decoder(model, tok, cuts):  # dev WER of K = B block decoding, as reported
@@ -483,7 +494,11 @@ def _run_train_imputer(args) -> None:
 
 
 def _add_decode_imputer(sub) -> None:
-    p = sub.add_parser("decode-imputer", help="K-step (or adaptive) Imputer decoding of a cuts manifest")
+    p = sub.add_parser(
+        "decode-imputer",
+        help="K-step (or adaptive) Imputer decoding of a cuts manifest; with --lexicon, the K-th step's "
+        "log-probs go to the LM beam search",
+    )
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--cuts", type=Path, required=True)
     p.add_argument("--out-dir", type=Path, required=True)
@@ -499,6 +514,7 @@ def _add_decode_imputer(sub) -> None:
     p.add_argument("--block-size", type=int, default=None, help="B; default: the model's imputer config")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--threads", type=int, default=2)
+    lm_cli.add_lm_options(p)
     p.set_defaults(func=_run_decode_imputer)
 
 
@@ -508,38 +524,46 @@ def _run_decode_imputer(args) -> None:
     from imputer_asr.checkpoint import load_packaged
     from imputer_asr.imputer_decode import decode_cuts_imputer
 
+    if args.arpa is not None and args.lexicon is None:
+        raise _UsageError("--arpa needs --lexicon (the words the search may write)")
+    if args.lexicon is not None and args.adaptive is not None:
+        raise _UsageError("--adaptive cannot be combined with --lexicon (the LM search reads step K of K)")
     torch.set_num_threads(args.threads)
     packaged = load_packaged(args.model)
     packaged.model.to(args.device)
     block_size = args.block_size or packaged.config.imputer.block_size
     steps = args.steps or block_size
-    run = decode_cuts_imputer(
-        packaged.model,
-        packaged.tokenizer,
-        _load_cuts(args.cuts),
-        steps=steps,
-        block_size=block_size,
-        threshold=args.adaptive,
-    )
-    timing = _write_decoding(
-        args,
-        run.hyps,
-        run.seconds,
-        block_size=block_size,
-        steps=steps,
-        adaptive_threshold=args.adaptive,
-        evaluations=run.evaluations,
-        batches=run.batches,
-        evaluations_per_batch=run.evaluations / max(run.batches, 1),
-    )
+    cuts = _load_cuts(args.cuts)
+    if args.lexicon is not None:
+        hyps, seconds, record = lm_cli.decode_imputer_with_lm(args, packaged, cuts, steps, block_size)
+    else:
+        run = decode_cuts_imputer(
+            packaged.model,
+            packaged.tokenizer,
+            cuts,
+            steps=steps,
+            block_size=block_size,
+            threshold=args.adaptive,
+        )
+        hyps, seconds = run.hyps, run.seconds
+        record = {
+            "block_size": block_size,
+            "steps": steps,
+            "adaptive_threshold": args.adaptive,
+            "evaluations": run.evaluations,
+            "batches": run.batches,
+            "evaluations_per_batch": run.evaluations / max(run.batches, 1),
+            "evaluations_per_utterance": run.utterance_evaluations / max(len(run.hyps), 1),
+        }
+    timing = _write_decoding(args, hyps, seconds, **record)
     log.info(
         "decoded %d utterances (%.0f s of audio) in %.1f s, RTF %.4f, %d evaluations in %d batches",
-        len(run.hyps),
+        len(hyps),
         timing["audio_seconds"],
-        run.seconds,
+        seconds,
         timing["rtf"],
-        run.evaluations,
-        run.batches,
+        timing["evaluations"],
+        timing["batches"],
     )
 
 
@@ -629,6 +653,81 @@ def _run_show_imputation(args) -> None:
         args.model, args.cuts, args.cut_id, args.steps, args.out, max_frames=args.max_frames
     )
     log.info("wrote %s (%d encoder frames, %d steps)", args.out, int(result.lengths[0]), result.evaluations)
+
+
+def _add_probe(sub) -> None:
+    p = sub.add_parser(
+        "probe", help="input-use probe: does the Imputer read the partial alignment it is shown?"
+    )
+    p.add_argument("--model", type=Path, required=True, help="packaged Imputer model.pt (required)")
+    p.add_argument("--cuts", type=Path, required=True, help="cuts manifest with features (required)")
+    p.add_argument(
+        "--fractions",
+        type=float,
+        nargs="+",
+        default=[0.25, 0.5, 0.75, 0.875],
+        help="shown fractions p, each in (0, 1) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-cuts",
+        type=int,
+        default=200,
+        help="probe the first N cuts of the manifest (default: %(default)s)",
+    )
+    p.add_argument("--block-size", type=int, default=None, help="B (default: the model's imputer config)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the shown frames and random tokens (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-duration", type=float, default=200.0, help="seconds of audio per batch (default: %(default)s)"
+    )
+    p.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs (default: %(default)s)"
+    )
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="also write the report as JSON here (default: print only)"
+    )
+    p.set_defaults(func=_run_probe)
+
+
+def _run_probe(args) -> None:
+    import torch
+
+    from imputer_asr.checkpoint import load_packaged
+    from imputer_asr.probe import check_probe_arguments, format_probe, probe_cuts
+    from imputer_asr.scoring import write_text_atomic
+
+    if args.max_cuts < 1:
+        raise _UsageError(f"--max-cuts must be at least 1, got {args.max_cuts}")
+    torch.set_num_threads(args.threads)
+    packaged = load_packaged(args.model)
+    block_size = packaged.config.imputer.block_size if args.block_size is None else args.block_size
+    try:
+        check_probe_arguments(args.fractions, block_size)
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+    cuts = _load_cuts(args.cuts).subset(first=args.max_cuts)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+    packaged.model.to(args.device)
+    report = probe_cuts(
+        packaged.model,
+        packaged.tokenizer,
+        cuts,
+        fractions=args.fractions,
+        block_size=block_size,
+        seed=args.seed,
+        max_duration=args.max_duration,
+    )
+    print(format_probe(report), end="")
+    if args.out is not None:
+        record = {"model": str(args.model), "cuts": str(args.cuts), "seed": args.seed, **report.to_dict()}
+        write_text_atomic(args.out, json.dumps(record, indent=2) + "\n")
+        log.info("wrote %s", args.out)
 
 
 def _add_transcribe(sub) -> None:
@@ -749,6 +848,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_compare,
         _add_results,
         _add_show_imputation,
+        _add_probe,
         _add_transcribe,
     ):
         add(sub)
