@@ -430,15 +430,19 @@ def _add_train_imputer(sub) -> None:
 def _init_weights(path: Path, model_cfg):
     """Weights of a packaged model whose model config matches ``model_cfg``.
 
-    ``dropout`` and ``inject_layer`` may differ: neither changes the parameters' shapes. Starting an
-    Imputer with ``inject_layer`` k > 0 from a CTC model (k = 0) moves where the [MASK] embedding is
-    added, so it starts near, not at, the CTC model's function; Imputer training adapts it.
+    ``dropout``, ``inject_layer`` and ``token_scale`` may differ: none changes the parameters'
+    shapes. Starting an Imputer with ``inject_layer`` k > 0 from a CTC model (k = 0) moves where the
+    [MASK] embedding is added, so it starts near, not at, the CTC model's function; Imputer
+    training adapts it.
     """
     from imputer_asr.checkpoint import load_packaged
 
     packaged = load_packaged(path)
     theirs = dataclasses.replace(
-        packaged.config.model, dropout=model_cfg.dropout, inject_layer=model_cfg.inject_layer
+        packaged.config.model,
+        dropout=model_cfg.dropout,
+        inject_layer=model_cfg.inject_layer,
+        token_scale=model_cfg.token_scale,
     )
     if theirs != model_cfg:
         differ = [

@@ -75,7 +75,7 @@ class ModelConfig:
     inject_layer: int = 0
     interctc_layer: int = 0
     interctc_weight: float = 0.3
-    token_scale: float = 10.0
+    token_scale: float = 100.0
 
 
 @dataclass(frozen=True)

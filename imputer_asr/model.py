@@ -209,7 +209,9 @@ class ImputerModel(nn.Module):
         # The alignment's own contribution: zero at [MASK] (padding_idx keeps that row at zero) and
         # zero at the start, so that a CTC model behaves exactly as before whatever it is shown, and
         # multiplied by ``token_scale`` so that Adam's steps move it at the scale of the acoustic
-        # frames (norm about 50), not of an embedding row (norm about 1.5).
+        # frames (norm 35-50), not of an embedding row (norm about 1.5). On the synth demo, 450
+        # Imputer updates from a CTC model took the token offsets to 5 % of the acoustic norm at
+        # scale 10 (the output barely moved: KL 0.007 nats) and to 36 % at scale 100 (KL 0.10).
         self.token_embed = nn.Embedding(cfg.vocab_size + 1, cfg.d_model, padding_idx=cfg.mask_id)
         nn.init.zeros_(self.token_embed.weight)
         self.blocks = nn.ModuleList(_ConformerBlock(cfg) for _ in range(cfg.num_layers))

@@ -153,6 +153,10 @@ def test_a_model_that_cannot_read_its_input_scores_exactly_as_none():
         for cond in result.conditions.values():
             assert cond.nll_ratio == 1.0 and cond.kl == 0.0  # exactly: the same function
             assert cond.accuracy == none.accuracy and cond.nll == none.nll
+            assert cond.completion_ratio == 1.0 and cond.completion_nll == none.completion_nll
+        # Completing a partial alignment is easier the more of it is shown, even for a blind model
+        # (fewer frames left free), and never harder than the frame NLL of the expert's one path.
+        assert 0.0 < none.completion_nll <= none.nll
         assert result.expert_nll_ratio == 1.0
     assert report.token_norm == 0.0 and report.norm_ratio == 0.0 and report.expert_norm_ratio == 0.0
     assert report.frame_disagreement == 0.0 and report.utterance_disagreement == 0.0
@@ -248,6 +252,7 @@ def test_a_model_trained_to_read_its_input_passes():
     assert top.conditions["expert"].accuracy > top.conditions["none"].accuracy, format_probe(report)
     assert top.conditions["expert"].kl > 0.1, format_probe(report)
     assert report.at(0.75).expert_nll_ratio < 1.0, format_probe(report)
+    assert top.conditions["expert"].completion_ratio < 0.5, format_probe(report)
 
 
 def test_report_renders_as_json_and_markdown():
