@@ -206,16 +206,18 @@ class ImputerModel(nn.Module):
         self.subsampling = _ConvSubsampling(cfg.input_dim, cfg.subsampling_channels, cfg.d_model, cfg.dropout)
         self.align_embed = nn.Embedding(cfg.vocab_size + 1, cfg.d_model)
         nn.init.normal_(self.align_embed.weight, std=1.0 / math.sqrt(cfg.d_model))
-        # The alignment's own contribution: zero at [MASK] (padding_idx keeps that row at zero) and
-        # zero at the start, so that a CTC model behaves exactly as before whatever it is shown, and
-        # multiplied by ``token_scale`` so that Adam's steps move it at the scale of the acoustic
-        # frames (norm 35-50), not of an embedding row (norm about 1.5). On the synth demo, 450
-        # Imputer updates from a CTC model took the token offsets to 5 % of the acoustic norm at
-        # scale 10 (the output barely moved: KL 0.007 nats) and to 36 % at scale 100 (KL 0.10).
-        self.token_embed = nn.Embedding(cfg.vocab_size + 1, cfg.d_model, padding_idx=cfg.mask_id)
-        nn.init.zeros_(self.token_embed.weight)
         self.blocks = nn.ModuleList(_ConformerBlock(cfg) for _ in range(cfg.num_layers))
         self.output = nn.Linear(cfg.d_model, cfg.vocab_size)
+        # The alignment's own contribution (built last, so that the other parameters draw the same
+        # initial values from a seed as a model without it): zero at [MASK] (padding_idx keeps that
+        # row at zero) and zero at the start, so that a CTC model behaves exactly as before whatever
+        # it is shown, and multiplied by ``token_scale`` so that Adam's steps move it at the scale
+        # of the acoustic frames (norm 35-50), not of an embedding row (norm about 1.5). On the
+        # synth demo, 450 Imputer updates from a CTC model took the token offsets to 5 % of the
+        # acoustic norm at scale 10 (the output barely moved: KL 0.007 nats) and to 36 % at scale
+        # 100 (KL 0.10).
+        self.token_embed = nn.Embedding(cfg.vocab_size + 1, cfg.d_model, padding_idx=cfg.mask_id)
+        nn.init.zeros_(self.token_embed.weight)
 
     def _run_blocks(self, x: Tensor, lengths: Tensor, blocks: nn.ModuleList) -> Tensor:
         pad = padding_mask(lengths, x.size(1))
