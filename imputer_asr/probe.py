@@ -43,7 +43,7 @@ from torch import Tensor
 
 from imputer_asr.config import DataConfig
 from imputer_asr.dataset import make_loader
-from imputer_asr.decode import greedy_alignment
+from imputer_asr.decode import collapse_alignment, greedy_alignment
 from imputer_asr.imputer_decode import decode_imputer
 from imputer_asr.imputer_train import _align_feasible
 from imputer_asr.losses import imputer_loss
@@ -319,13 +319,12 @@ def _cell(log_probs: Tensor, reference: Tensor, baseline: Tensor, masked: Tensor
 
 
 def _completion_nll(
-    log_probs: Tensor, lengths: Tensor, targets: Tensor, observed: Tensor, blank: int
+    log_probs: Tensor, lengths: Tensor, targets: Tensor, target_lengths: Tensor, observed: Tensor, blank: int
 ) -> float:
     """Summed -log p(transcript | masked frames completed consistently with ``observed``)."""
-    target_lengths = targets[1]
     nll = imputer_loss(
         log_probs.float(),
-        targets[0],
+        targets,
         lengths,
         target_lengths,
         observed,
@@ -357,7 +356,9 @@ def _fraction_cells(
     blank = model.cfg.blank_id
 
     def cell(log_probs: Tensor) -> _Sums:
-        completion = _completion_nll(log_probs, lengths, sources["targets"], observed, blank)
+        completion = _completion_nll(
+            log_probs, lengths, sources["targets"], sources["target_lengths"], observed, blank
+        )
         return _cell(log_probs, expert, none, masked, completion)
 
     cells = {(fraction, "none"): cell(none)}
@@ -378,13 +379,16 @@ def _token_offsets(model: ImputerModel) -> Tensor:
 
 
 def _disagreement(
-    model: ImputerModel, features: Tensor, feature_lengths: Tensor, block_size: int
+    model: ImputerModel, features: Tensor, feature_lengths: Tensor, greedy: Tensor, block_size: int
 ) -> tuple[int, int]:
-    """Valid frames and utterances whose K = 1 and K = B decodings differ."""
-    one = decode_imputer(model, features, feature_lengths, 1, block_size)
+    """Valid frames and utterances whose K = 1 and K = B decodings differ; K = 1 decoding is the
+    greedy alignment of the all-[MASK] output, which the probe already has (``greedy``)."""
     full = decode_imputer(model, features, feature_lengths, block_size, block_size)
-    frames = int((one.alignment != full.alignment).sum())  # both -1 past the lengths
-    utterances = sum(a != b for a, b in zip(one.tokens, full.tokens, strict=True))
+    one = greedy[:, : full.alignment.size(1)]
+    frames = int((one != full.alignment).sum())  # both -1 past the lengths
+    blank = model.cfg.blank_id
+    one_tokens = [collapse_alignment(row, blank) for row in one.tolist()]
+    utterances = sum(a != b for a, b in zip(one_tokens, full.tokens, strict=True))
     return frames, utterances
 
 
@@ -412,13 +416,20 @@ def _probe_batch(
     if not rows.numel():
         return _Counts({}, skipped=skipped)
     hidden, lengths, none, expert = hidden[rows], lengths[rows], none[rows], expert[rows]
-    targets = (batch["targets"].to(device)[rows], batch["target_lengths"].to(device)[rows])
-    sources = {"none": none, "expert": expert, "greedy": greedy_alignment(none, lengths), "targets": targets}
+    sources = {
+        "none": none,
+        "expert": expert,
+        "greedy": greedy_alignment(none, lengths),
+        "targets": batch["targets"].to(device)[rows],
+        "target_lengths": batch["target_lengths"].to(device)[rows],
+    }
     cells: dict[tuple[float, str], _Sums] = {}
     for fraction in fractions:
         cells.update(_fraction_cells(model, hidden, lengths, sources, fraction, block_size, generator))
     valid = ~padding_mask(lengths, hidden.size(1))
-    frames_differ, utterances_differ = _disagreement(model, features[rows], feature_lengths[rows], block_size)
+    frames_differ, utterances_differ = _disagreement(
+        model, features[rows], feature_lengths[rows], sources["greedy"], block_size
+    )
     return _Counts(
         cells,
         utterances=int(rows.numel()),

@@ -102,3 +102,32 @@ def tiny_corpus(tmp_path_factory) -> TinyCorpus:
     for part in PARTS:
         compute_fbank(manifests, part, root / "fbank", tokenizer, FeatureConfig(), num_jobs=1)
     return TinyCorpus(corpus, manifests, root / "fbank", tokenizer)
+
+
+@pytest.fixture
+def noise_cuts(tmp_path: Path):
+    """A maker of cut manifests: noise recordings of 1 s plus ``growth`` seconds per cut, transcribed
+    as ``texts``, with 20-bin fbank features stored in tmp_path; returns the manifest's path."""
+
+    def make(texts: list[str], growth: float = 0.25, mel_bins: int = 20) -> Path:
+        import numpy as np
+        import soundfile as sf
+        from lhotse import CutSet, Fbank, FbankConfig, LilcomChunkyWriter, Recording, SupervisionSegment
+
+        cuts = []
+        for i, text in enumerate(texts):
+            wav = tmp_path / f"utt{i}.wav"
+            samples = 16000 + int(16000 * growth) * i
+            sf.write(wav, np.random.default_rng(i).normal(0, 0.1, samples), 16000)
+            recording = Recording.from_file(wav, recording_id=f"utt{i}")
+            cut = recording.to_cut()
+            cut.supervisions = [SupervisionSegment(f"utt{i}", f"utt{i}", 0.0, recording.duration, text=text)]
+            cuts.append(cut)
+        cuts = CutSet.from_cuts(cuts).compute_and_store_features(
+            Fbank(FbankConfig(num_mel_bins=mel_bins)), tmp_path / "feats", storage_type=LilcomChunkyWriter
+        )
+        path = tmp_path / "cuts.jsonl.gz"
+        cuts.to_file(path)
+        return path
+
+    return make

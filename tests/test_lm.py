@@ -355,30 +355,8 @@ def test_decode_refuses_arpa_without_lexicon(tmp_path: Path, capsys) -> None:
     assert "--arpa needs --lexicon" in capsys.readouterr().err
 
 
-def _noise_cuts(tmp_path: Path, texts: list[str], mel_bins: int) -> Path:
-    """Cuts of noise (1 to 2 s) transcribed as ``texts``, with fbank features stored in tmp_path."""
-    import numpy as np
-    import soundfile as sf
-    from lhotse import CutSet, Fbank, FbankConfig, LilcomChunkyWriter, Recording, SupervisionSegment
-
-    cuts = []
-    for i, text in enumerate(texts):
-        wav = tmp_path / f"utt{i}.wav"
-        sf.write(wav, np.random.default_rng(i).normal(0, 0.1, 16000 + 4000 * i), 16000)
-        recording = Recording.from_file(wav, recording_id=f"utt{i}")
-        cut = recording.to_cut()
-        cut.supervisions = [SupervisionSegment(f"utt{i}", f"utt{i}", 0.0, recording.duration, text=text)]
-        cuts.append(cut)
-    cuts = CutSet.from_cuts(cuts).compute_and_store_features(
-        Fbank(FbankConfig(num_mel_bins=mel_bins)), tmp_path / "feats", storage_type=LilcomChunkyWriter
-    )
-    path = tmp_path / "cuts.jsonl.gz"
-    cuts.to_file(path)
-    return path
-
-
 def test_imputer_emissions_of_one_step_are_the_ctc_output(
-    tokenizer, tiny_model_config, tmp_path: Path
+    tokenizer, tiny_model_config, noise_cuts, tmp_path: Path
 ) -> None:
     from lhotse import CutSet
 
@@ -389,7 +367,7 @@ def test_imputer_emissions_of_one_step_are_the_ctc_output(
 
     torch.manual_seed(0)
     model = ImputerModel(tiny_model_config(tokenizer)).eval()
-    cuts = CutSet.from_file(_noise_cuts(tmp_path, ["THE CAT SAT", "ON THE MAT", "A DOG"], mel_bins=20))
+    cuts = CutSet.from_file(noise_cuts(["THE CAT SAT", "ON THE MAT", "A DOG"]))
     emissions = compute_emissions(model, tokenizer, cuts)
     expected = {}
     for batch in make_loader(cuts, tokenizer, DataConfig(max_duration=200.0), train=False):
@@ -408,7 +386,7 @@ def test_imputer_emissions_of_one_step_are_the_ctc_output(
 
 
 def test_imputer_tune_and_decode_with_lm_commands(
-    tokenizer, tiny_model_config, tmp_path: Path, caplog
+    tokenizer, tiny_model_config, noise_cuts, tmp_path: Path, caplog
 ) -> None:
     """tune-lm --steps K on dev, then decode-imputer --steps K with the tuned weights."""
     from imputer_asr.checkpoint import package_model
@@ -421,7 +399,7 @@ def test_imputer_tune_and_decode_with_lm_commands(
     cfg = ExperimentConfig(model=model_cfg, imputer=ImputerConfig(block_size=4))
     package_model(ImputerModel(model_cfg).state_dict(), cfg, tokenizer, model_pt, trained_as="imputer")
     texts = ["THE CAT SAT", "ON THE MAT", "A DOG"]
-    cuts = str(_noise_cuts(tmp_path, texts, mel_bins=20))
+    cuts = str(noise_cuts(texts))
     lexicon, arpa = (str(p) for p in _resources(tokenizer, tmp_path))
     lm = ["--lexicon", lexicon, "--arpa", arpa, "--beam-size", "10", "--threads", "1"]
     tuned = tmp_path / "lm_weights.json"

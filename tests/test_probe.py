@@ -14,7 +14,6 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -278,28 +277,7 @@ def tokenizer(tmp_path_factory) -> Tokenizer:
     return train_tokenizer(texts, tmp_path_factory.mktemp("bpe") / "bpe.model", vocab_size=30)
 
 
-def _noise_cuts(tmp_path: Path, texts: list[str]) -> Path:
-    """Cuts of noise (1 to 2 s) transcribed as ``texts``, with 20-bin fbank features in tmp_path."""
-    import soundfile as sf
-    from lhotse import CutSet, Fbank, FbankConfig, LilcomChunkyWriter, Recording, SupervisionSegment
-
-    cuts = []
-    for i, text in enumerate(texts):
-        wav = tmp_path / f"utt{i}.wav"
-        sf.write(wav, np.random.default_rng(i).normal(0, 0.1, 16000 + 8000 * i), 16000)
-        recording = Recording.from_file(wav, recording_id=f"utt{i}")
-        cut = recording.to_cut()
-        cut.supervisions = [SupervisionSegment(f"utt{i}", f"utt{i}", 0.0, recording.duration, text=text)]
-        cuts.append(cut)
-    cuts = CutSet.from_cuts(cuts).compute_and_store_features(
-        Fbank(FbankConfig(num_mel_bins=20)), tmp_path / "feats", storage_type=LilcomChunkyWriter
-    )
-    path = tmp_path / "cuts.jsonl.gz"
-    cuts.to_file(path)
-    return path
-
-
-def test_cli_probe(tmp_path: Path, tokenizer: Tokenizer, capsys):
+def test_cli_probe(tmp_path: Path, tokenizer: Tokenizer, noise_cuts, capsys):
     from imputer_asr.checkpoint import package_model
 
     cfg = _reading_model().cfg
@@ -310,7 +288,7 @@ def test_cli_probe(tmp_path: Path, tokenizer: Tokenizer, capsys):
     experiment = ExperimentConfig(model=model_cfg, imputer=ImputerConfig(block_size=4))
     package_model(ImputerModel(model_cfg).state_dict(), experiment, tokenizer, model_pt)
     too_long = "THE CAT SAT ON THE MAT A DOG RAN IN THE PARK THE SUN IS UP THE CAT SAT ON THE MAT"
-    cuts = _noise_cuts(tmp_path, [too_long, "THE CAT SAT", "A DOG RAN"])  # 1 s: 24 encoder frames
+    cuts = noise_cuts([too_long, "THE CAT SAT", "A DOG RAN"], growth=0.5)  # 1 s: 24 encoder frames
     out = tmp_path / "report" / "probe.json"
     common = ["probe", "--model", str(model_pt), "--cuts", str(cuts)]
     assert main([*common, "--fractions", "0.5", "0.75", "--out", str(out)]) == 0
