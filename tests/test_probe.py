@@ -155,7 +155,9 @@ def test_a_model_that_cannot_read_its_input_scores_exactly_as_none():
             assert cond.completion_ratio == 1.0 and cond.completion_nll == none.completion_nll
         # Completing a partial alignment is easier the more of it is shown, even for a blind model
         # (fewer frames left free), and never harder than the frame NLL of the expert's one path.
-        assert 0.0 < none.completion_nll <= none.nll
+        # Where the shown frames leave only that path the two are equal, up to float32 rounding of
+        # two different sums (the dynamic program against a sum of log-probs).
+        assert 0.0 < none.completion_nll <= none.nll * (1 + 1e-6)
         assert result.expert_nll_ratio == 1.0
     assert report.token_norm == 0.0 and report.norm_ratio == 0.0 and report.expert_norm_ratio == 0.0
     assert report.frame_disagreement == 0.0 and report.utterance_disagreement == 0.0
