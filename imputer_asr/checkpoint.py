@@ -25,6 +25,7 @@ __all__ = [
     "atomic_save",
     "load_file",
     "epoch_checkpoints",
+    "step_checkpoints",
     "average_checkpoints",
     "package_model",
     "PackagedModel",
@@ -33,6 +34,7 @@ __all__ = [
 
 PACKAGE_FORMAT = "imputer_asr.model/1"
 _EPOCH = re.compile(r"epoch-(\d+)\.pt$")
+_STEP = re.compile(r"^checkpoint-(\d+)\.pt$")
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -46,6 +48,10 @@ def atomic_save(obj: Any, path: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         tmp.replace(path)
+    except OSError as exc:  # a full disk or a read-only directory: say which file, keep the old one
+        tmp.unlink(missing_ok=True)
+        kept = "; the previous one is intact" if path.exists() else ""
+        raise OSError(exc.errno, f"{path}: cannot write it ({exc.strerror or exc}){kept}") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -72,6 +78,14 @@ def load_file(path: Path) -> dict[str, Any]:
 def epoch_checkpoints(exp_dir: Path) -> list[Path]:
     """``epoch-<n>.pt`` files of an experiment, by epoch."""
     found = [(int(m.group(1)), p) for p in Path(exp_dir).glob("epoch-*.pt") if (m := _EPOCH.search(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def step_checkpoints(exp_dir: Path) -> list[Path]:
+    """Mid-epoch ``checkpoint-<step>.pt`` files of an experiment, by update."""
+    found = [
+        (int(m.group(1)), p) for p in Path(exp_dir).glob("checkpoint-*.pt") if (m := _STEP.search(p.name))
+    ]
     return [p for _, p in sorted(found)]
 
 

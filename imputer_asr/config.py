@@ -114,6 +114,14 @@ class TrainConfig:
     a fast one, and the fast one makes more updates; the count is in the log and ``train.done``.
     One process only: ranks would disagree on when the time is up.
 
+    Mid-epoch checkpoints: every ``checkpoint_minutes`` of training clock ``checkpoint-<step>.pt``
+    holds what an exact resume needs (weights, optimizer, clock, the position in the epoch); the
+    newest ``keep_checkpoints`` are kept, and those an epoch checkpoint supersedes are removed.
+    0 turns them off. A killed run then loses at most that much training.
+
+    An update whose gradient norm is not finite is skipped (logged with its cut ids); after
+    ``max_skipped_updates`` skipped in a row the run stops, naming them.
+
     Scale-out: ``device`` "cuda" trains on GPU ``LOCAL_RANK`` (set by torchrun), ``bf16`` runs the
     forward pass under bfloat16 autocast there (the losses stay in float32), and ``accum_grad`` sums
     the gradients of that many batches into one update. ``steps_per_epoch`` and ``warmup_steps``
@@ -137,6 +145,9 @@ class TrainConfig:
     bf16: bool = False
     accum_grad: int = 1
     minutes_per_epoch: float = 0.0
+    checkpoint_minutes: float = 1.0
+    keep_checkpoints: int = 2
+    max_skipped_updates: int = 10
 
 
 @dataclass(frozen=True)

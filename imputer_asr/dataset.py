@@ -12,6 +12,7 @@ A batch is a dict:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -111,6 +112,20 @@ def make_sampler(
     )
 
 
+class _SkipFirst:
+    """A sampler without its first ``n`` batches. The samplers' order is a function of their seed,
+    so these are the batches an interrupted pass already yielded."""
+
+    def __init__(self, sampler, n: int) -> None:
+        self.sampler, self.n = sampler, n
+
+    def __iter__(self):
+        batches = iter(self.sampler)
+        for _ in itertools.islice(batches, self.n):
+            pass
+        return batches
+
+
 def make_loader(
     cuts: CutSet,
     tokenizer: Tokenizer,
@@ -121,8 +136,10 @@ def make_loader(
     seed: int = 0,
     world_size: int | None = None,
     rank: int | None = None,
+    skip_batches: int = 0,
 ) -> DataLoader:
-    """A DataLoader yielding the batches described in the module docstring."""
+    """A DataLoader yielding the batches described in the module docstring, after the sampler's
+    first ``skip_batches`` (drawn, not loaded: a resumed epoch goes on where it stopped)."""
     spec = None
     if train and cfg.spec_augment:
         spec = SpecAugment(
@@ -144,7 +161,7 @@ def make_loader(
     workers = cfg.num_workers if train else 0
     return DataLoader(
         AsrDataset(tokenizer, spec),
-        sampler=sampler,
+        sampler=_SkipFirst(sampler, skip_batches) if skip_batches else sampler,
         batch_size=None,
         num_workers=workers,
         persistent_workers=False,

@@ -79,6 +79,14 @@ def _check(cfg: TrainConfig) -> None:
         raise ValueError(f"train.accum_grad must be at least 1, got {cfg.accum_grad}")
     if cfg.minutes_per_epoch < 0:
         raise ValueError(f"train.minutes_per_epoch must be 0 (off) or positive, got {cfg.minutes_per_epoch}")
+    if cfg.checkpoint_minutes < 0:
+        raise ValueError(
+            f"train.checkpoint_minutes must be 0 (off) or positive, got {cfg.checkpoint_minutes}"
+        )
+    if cfg.max_skipped_updates < 1:
+        raise ValueError(f"train.max_skipped_updates must be at least 1, got {cfg.max_skipped_updates}")
+    if cfg.keep_checkpoints < 1:
+        raise ValueError(f"train.keep_checkpoints must be at least 1, got {cfg.keep_checkpoints}")
 
 
 def init_parallel(cfg: TrainConfig) -> Parallel:

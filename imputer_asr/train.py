@@ -10,10 +10,12 @@ batch on every rank when ``accum_grad`` > 1 or under torchrun: :mod:`imputer_asr
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import json
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -26,7 +28,7 @@ from lhotse import CutSet
 from torch import Tensor
 from tqdm import tqdm
 
-from imputer_asr.checkpoint import atomic_save, epoch_checkpoints, load_file
+from imputer_asr.checkpoint import atomic_save, epoch_checkpoints, load_file, step_checkpoints
 from imputer_asr.config import DataConfig, ExperimentConfig, TrainConfig, config_to_dict, save_config
 from imputer_asr.dataset import make_loader
 from imputer_asr.decode import Hypothesis, batch_hypotheses, ctc_greedy_search
@@ -88,10 +90,17 @@ def lr_at(step: int, total_steps: int, cfg: TrainConfig, budget_spent: float | N
 
 @dataclass
 class _Clock:
+    """Where training stands. ``epoch_steps`` > 0: ``epoch`` is in progress and that many of its
+    updates are done (a mid-epoch checkpoint) by ``world_size`` processes; 0: ``epoch`` epochs are
+    complete. ``skipped``: updates skipped for a non-finite gradient."""
+
     epoch: int = 0
     step: int = 0
     wall_time: float = 0.0
     audio_seconds: float = 0.0
+    epoch_steps: int = 0
+    world_size: int = 1
+    skipped: int = 0
 
 
 class _JsonLog:
@@ -109,11 +118,13 @@ class _JsonLog:
 
 def _update(
     runner: ParallelObjective, optimizer: torch.optim.Optimizer, group: list[dict], cfg: TrainConfig
-) -> tuple[float, int, float]:
+) -> tuple[float, int, float, bool]:
     """One optimiser update from ``group`` (this rank's accumulated batches) and the other ranks' groups.
 
-    Returns this rank's summed loss and tokens and the seconds of audio of every rank. The loss is
-    normalised by the tokens of every rank and batch (see :mod:`imputer_asr.distributed`).
+    Returns this rank's summed loss and tokens, the seconds of audio of every rank, and whether the
+    update was made: a gradient norm that is not finite (every rank sees the same, reduced one)
+    leaves the weights and the optimizer untouched. The loss is normalised by the tokens of every
+    rank and batch (see :mod:`imputer_asr.distributed`).
     """
     tokens, audio = runner.parallel.sum(
         [sum(int(b["target_lengths"].sum()) for b in group), sum(sum(b["durations"]) for b in group)]
@@ -124,9 +135,12 @@ def _update(
     for i, batch in enumerate(group):
         loss, n = runner.backward(batch, divisor, sync=i == len(group) - 1)
         loss_sum, num_tokens = loss_sum + loss, num_tokens + n
-    torch.nn.utils.clip_grad_norm_(runner.model.parameters(), cfg.grad_clip, foreach=True)
+    norm = torch.nn.utils.clip_grad_norm_(runner.model.parameters(), cfg.grad_clip, foreach=True)
+    if not torch.isfinite(norm):
+        optimizer.zero_grad(set_to_none=True)
+        return loss_sum, num_tokens, audio, False
     optimizer.step()
-    return loss_sum, num_tokens, audio
+    return loss_sum, num_tokens, audio, True
 
 
 def train_one_epoch(
@@ -144,13 +158,16 @@ def train_one_epoch(
     """One pass over ``loader``, an update every ``cfg.accum_grad`` batches; ``every_step`` runs after
     each update, off the training clock. ``runner`` (several processes) defaults to this process alone.
     The logged loss is this rank's. Under ``cfg.minutes_per_epoch`` the pass stops once the clock
-    reaches ``clock.epoch x minutes_per_epoch``.
+    reaches ``clock.epoch x minutes_per_epoch``; under ``cfg.steps_per_epoch``, once
+    ``clock.epoch_steps`` (the epoch's updates, counted here) reaches it.
     """
     runner = runner or ParallelObjective(model, objective, Parallel())
     model.train()
     window_loss, window_tokens = 0.0, 0
+    # The loader's iterator draws a base seed from torch's generator when it is made: made here, before
+    # any update seeds it, so that a resumed pass draws what the uninterrupted one drew.
     bar = tqdm(
-        loader,
+        iter(loader),
         desc=f"epoch {clock.epoch}",
         unit="batch",
         dynamic_ncols=True,
@@ -158,24 +175,45 @@ def train_one_epoch(
         disable=not runner.parallel.is_main,
     )
     batches = iter(bar)
+    skipped_in_a_row: list[list[str]] = []
     start = time.perf_counter()
-    steps_done = 0
     per_epoch = cfg.minutes_per_epoch * 60.0
     budget = per_epoch * cfg.epochs
     epoch_end = per_epoch * clock.epoch if per_epoch else math.inf
-    while clock.wall_time < epoch_end and not (cfg.steps_per_epoch and steps_done >= cfg.steps_per_epoch):
+    while clock.wall_time < epoch_end and not (
+        cfg.steps_per_epoch and clock.epoch_steps >= cfg.steps_per_epoch
+    ):
+        # Every random draw of an update (SpecAugment, masking, dropout) comes from its own seed, so
+        # a run resumed at any update draws what the uninterrupted run drew, on every rank.
+        _seed_update(cfg.seed, clock.step, runner.parallel.rank)
         group = list(itertools.islice(batches, cfg.accum_grad))
         if not group:
             break
-        steps_done += 1
+        clock.epoch_steps += 1
         lr = lr_at(clock.step, total_steps, cfg, clock.wall_time / budget if budget else None)
         for param_group in optimizer.param_groups:
             param_group["lr"] = lr
-        loss_sum, num_tokens, audio = _update(runner, optimizer, group, cfg)
+        loss_sum, num_tokens, audio, made = _update(runner, optimizer, group, cfg)
         clock.step += 1
         clock.audio_seconds += audio
-        window_loss += loss_sum
-        window_tokens += num_tokens
+        if made:
+            skipped_in_a_row.clear()
+            window_loss += loss_sum
+            window_tokens += num_tokens
+        else:
+            cut_ids = [c for batch in group for c in batch["cut_ids"]]
+            clock.skipped += 1
+            skipped_in_a_row.append(cut_ids)
+            log.warning("update %d skipped: gradient not finite; its cuts: %s", clock.step, " ".join(cut_ids))
+            json_log.write({"kind": "skipped", "epoch": clock.epoch, "step": clock.step, "cut_ids": cut_ids})
+            if len(skipped_in_a_row) >= cfg.max_skipped_updates:
+                bar.close()
+                named = "; ".join(" ".join(ids) for ids in skipped_in_a_row)
+                raise RuntimeError(
+                    f"{len(skipped_in_a_row)} updates in a row had a non-finite gradient "
+                    f"(train.max_skipped_updates = {cfg.max_skipped_updates}); stopped at update "
+                    f"{clock.step}. Their cuts: {named}"
+                )
         now = time.perf_counter()
         clock.wall_time += now - start
         start = now
@@ -264,6 +302,12 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _seed_update(seed: int, step: int, rank: int) -> None:
+    """Seed the generators for update ``step`` of ``rank``; rank 0 draws what one process draws."""
+    words = [seed, step] if rank == 0 else [seed, step, rank]
+    _seed_everything(int(np.random.SeedSequence(words).generate_state(1)[0]))
+
+
 def _count_batches(cuts: CutSet, cfg: ExperimentConfig, world_size: int = 1) -> int:
     """Updates per epoch for the learning-rate schedule: the audio over the audio of one update
     (``max_duration`` per batch, ``accum_grad`` batches on each of ``world_size`` ranks).
@@ -278,19 +322,42 @@ def _count_batches(cuts: CutSet, cfg: ExperimentConfig, world_size: int = 1) -> 
     return min(estimate, cfg.train.steps_per_epoch) if cfg.train.steps_per_epoch else estimate
 
 
+def _resume_candidates(exp_dir: Path) -> list[Path]:
+    """Checkpoints to resume from, newest first: the mid-epoch ones after the last epoch checkpoint,
+    then the epoch checkpoints. A mid-epoch file at or before the last epoch's update is stale (a
+    kill between writing the epoch checkpoint and removing it)."""
+    epochs, steps = epoch_checkpoints(exp_dir), step_checkpoints(exp_dir)
+    if epochs and steps:
+        try:
+            last_step = load_file(epochs[-1])["clock"]["step"]
+        except (ValueError, KeyError):
+            last_step = -1  # reported when the loop below reaches it
+        steps = [p for p in steps if int(p.stem.split("-")[1]) > last_step]
+    return steps[::-1] + epochs[::-1]
+
+
 def _restore(exp_dir: Path, model, optimizer, resume: bool) -> _Clock:
-    checkpoints = epoch_checkpoints(exp_dir)
-    if not checkpoints:
+    """Load the newest checkpoint that loads; a truncated or corrupt one is reported and skipped."""
+    candidates = _resume_candidates(exp_dir)
+    if not candidates:
         return _Clock()
     if not resume:
         raise ValueError(
             f"{exp_dir} already holds checkpoints; pass --resume or choose another experiment directory"
         )
-    state = load_file(checkpoints[-1])
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    log.info("resumed from %s", checkpoints[-1])
-    return _Clock(**state["clock"])
+    for path in candidates:
+        try:
+            state = load_file(path)
+            clock = _Clock(**state["clock"])
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            log.warning("%s cannot be resumed from (%s); trying the previous checkpoint", path, exc)
+            continue
+        log.info("resumed from %s (epoch %d, update %d)", path, clock.epoch, clock.step)
+        return clock
+    names = ", ".join(p.name for p in candidates)
+    raise ValueError(f"{exp_dir}: no checkpoint can be resumed from ({names}); remove them to start over")
 
 
 def _build_model(
@@ -314,9 +381,10 @@ def _epoch_loader(
     epoch: int,
     sort: bool,
     parallel: Parallel,
+    skip_batches: int = 0,
 ):
     """This rank's share of an epoch: every rank draws the same shuffle (seeded by the epoch) and
-    takes every ``world_size``-th batch of it."""
+    takes every ``world_size``-th batch of it; ``skip_batches``, those a resumed epoch trained on."""
     data_cfg = cfg.data
     if epoch < cfg.data.spec_augment_from_epoch:
         data_cfg = replace(data_cfg, spec_augment=False)
@@ -329,7 +397,23 @@ def _epoch_loader(
         seed=cfg.train.seed + epoch,
         world_size=parallel.world_size,
         rank=parallel.rank,
+        skip_batches=skip_batches,
     )
+
+
+def _batches_done(clock: _Clock, cfg: ExperimentConfig, parallel: Parallel) -> int:
+    """This rank's batches of the epoch in progress that are already trained on. The ranks share
+    each epoch's one sequence of batches, so after a change in the number of processes the same
+    number of batches overall is done, shared anew."""
+    done = clock.epoch_steps * cfg.train.accum_grad * clock.world_size
+    if clock.epoch_steps and clock.world_size != parallel.world_size:
+        log.warning(
+            "epoch %d was trained by %d processes, resumed by %d: its remaining batches are shared anew",
+            clock.epoch,
+            clock.world_size,
+            parallel.world_size,
+        )
+    return math.ceil(done / parallel.world_size)
 
 
 def _save_epoch(
@@ -341,7 +425,19 @@ def _save_epoch(
     metrics,
     trained_as: str,
 ) -> None:
-    """``epoch-<n>.pt`` with the bare model's weights, so any number of processes can resume from it."""
+    """``epoch-<n>.pt`` with the bare model's weights, so any number of processes can resume from
+    it (``metrics`` None: ``checkpoint-<step>.pt``, mid-epoch, the oldest beyond
+    ``keep_checkpoints`` removed). An epoch checkpoint supersedes the mid-epoch ones."""
+    mid_epoch = metrics is None
+    bad = [
+        name
+        for name, value in model.state_dict().items()
+        if value.is_floating_point() and not value.isfinite().all()
+    ]
+    if bad:  # cannot happen while non-finite updates are skipped; never let a checkpoint hold one
+        raise RuntimeError(
+            f"not saving a checkpoint at update {clock.step}: non-finite weights in {', '.join(bad)}"
+        )
     atomic_save(
         {
             "model": model.state_dict(),
@@ -351,8 +447,13 @@ def _save_epoch(
             "metrics": metrics,
             "trained_as": trained_as,
         },
-        exp_dir / f"epoch-{clock.epoch}.pt",
+        exp_dir / (f"checkpoint-{clock.step}.pt" if mid_epoch else f"epoch-{clock.epoch}.pt"),
     )
+    stale = step_checkpoints(exp_dir)
+    if mid_epoch:
+        stale = stale[: -cfg.train.keep_checkpoints]
+    for path in stale:
+        path.unlink(missing_ok=True)
 
 
 def fit(
@@ -377,8 +478,10 @@ def fit(
     exp_dir = Path(exp_dir)
     exp_dir.mkdir(parents=True, exist_ok=True)
     parallel = init_parallel(cfg.train)
+    lock = None
     try:
         if parallel.is_main:
+            lock = _lock_exp_dir(exp_dir)
             save_config(cfg, exp_dir / "config.json")
         else:
             logging.getLogger("imputer_asr").setLevel(logging.WARNING)
@@ -405,8 +508,32 @@ def fit(
             sort=cfg.train.sort_first_epoch and init_weights is None,
         )
     finally:
+        if lock is not None:
+            lock.close()  # releases the lock
         parallel.close()
     return model
+
+
+def _lock_exp_dir(exp_dir: Path):
+    """Hold ``exp_dir/train.lock`` for this process: a second training process on the same directory
+    would interleave checkpoints and logs. The operating system releases the lock when the process
+    ends, killed or not, so a crash never leaves a stale one."""
+    path = exp_dir / "train.lock"
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise ValueError(
+            f"{exp_dir} is being trained by another process (pid {holder}, holding {path}); "
+            "wait for it to finish or choose another --exp-dir"
+        ) from None
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
 def _train_epochs(
@@ -440,21 +567,43 @@ def _train_epochs(
         last_valid.update(step=clock.step, metrics=metrics)
         return metrics
 
+    saved_at = [clock.wall_time]  # training clock of the last checkpoint
+
     def every_step() -> None:
         if cfg.train.valid_every and clock.step % cfg.train.valid_every == 0:
             if parallel.is_main:
                 metrics = validate_now()
                 log.info("step %d: dev WER %.2f%%", clock.step, 100 * metrics["wer"])
             parallel.barrier()
+        # Rank 0's clock decides, so that every rank saves (and later resumes) at the same update.
+        due = (
+            cfg.train.checkpoint_minutes > 0
+            and clock.wall_time - saved_at[0] >= 60 * cfg.train.checkpoint_minutes
+        )
+        if parallel.sum([float(due and parallel.is_main)])[0] > 0:
+            if parallel.is_main:
+                _save_epoch(exp_dir, model, optimizer, cfg, clock, None, trained_as)
+            saved_at[0] = clock.wall_time
+            parallel.barrier()
 
-    while clock.epoch < cfg.train.epochs:
-        clock.epoch += 1
-        # Rank 0 draws what a single process draws; the others differ (dropout, SpecAugment).
-        _seed_everything(cfg.train.seed + clock.epoch + 100_003 * parallel.rank)
-        loader = _epoch_loader(cfg, train_cuts, tokenizer, clock.epoch, sort, parallel)
+    while clock.epoch < cfg.train.epochs or clock.epoch_steps:
+        if not clock.epoch_steps:  # else finish the epoch a mid-epoch checkpoint was taken in
+            clock.epoch += 1
+        loader = _epoch_loader(
+            cfg,
+            train_cuts,
+            tokenizer,
+            clock.epoch,
+            sort,
+            parallel,
+            skip_batches=_batches_done(clock, cfg, parallel),
+        )
+        clock.world_size = parallel.world_size
         train_one_epoch(
             model, optimizer, loader, objective, clock, total_steps, cfg.train, json_log, every_step, runner
         )
+        clock.epoch_steps = 0
+        saved_at[0] = clock.wall_time
         if parallel.is_main:
             metrics = validate_now()
             log.info(
@@ -473,5 +622,13 @@ def _train_epochs(
         parallel.barrier()
     if parallel.is_main and not done.exists():
         done.write_text(
-            json.dumps({"epochs": clock.epoch, "steps": clock.step, "wall_time": clock.wall_time}) + "\n"
+            json.dumps(
+                {
+                    "epochs": clock.epoch,
+                    "steps": clock.step,
+                    "wall_time": clock.wall_time,
+                    "skipped": clock.skipped,
+                }
+            )
+            + "\n"
         )
