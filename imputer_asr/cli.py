@@ -828,10 +828,42 @@ def _write_transcript(transcript, args, subtitles: dict[Path, str]) -> str | Non
     return None
 
 
+# What a user runs, listed apart in --help from the stages the recipes chain.
+USER_COMMANDS = (
+    "transcribe",
+    "decode",
+    "decode-imputer",
+    "score",
+    "probe",
+    "package",
+    "train",
+    "train-imputer",
+)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless it has none or already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" in text or action.default in (None, argparse.SUPPRESS, False) or action.required:
+            return text
+        if not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="imputer-asr", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
+    from imputer_asr import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="imputer-asr",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (also after the command)")
+    parser.add_argument("--version", action="version", version=f"imputer-asr {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of those below")
     for add in (
         _add_synth_corpus,
         _add_download,
@@ -856,6 +888,24 @@ def build_parser() -> argparse.ArgumentParser:
         _add_transcribe,
     ):
         add(sub)
+    # The commands are listed in two groups in the epilog instead of argparse's one flat list.
+    helps = {action.dest: action.help for action in sub._choices_actions}
+    sub._choices_actions.clear()
+    for command in sub.choices.values():
+        command.formatter_class = _HelpFormatter
+        # SUPPRESS: without -v here, the value given before the command (or its default) stands.
+        command.add_argument(
+            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
+        )
+
+    def listing(names) -> str:
+        return "\n".join(f"  {name:<18}{helps.get(name) or ''}" for name in names)
+
+    stages = [name for name in sub.choices if name not in USER_COMMANDS]
+    parser.epilog = (
+        f"commands:\n{listing(USER_COMMANDS)}\n\nrecipe stages (the recipes' Makefiles chain them):\n"
+        f"{listing(stages)}\n\n`imputer-asr COMMAND --help` for a command's options."
+    )
     return parser
 
 

@@ -1,0 +1,55 @@
+"""The command line's conventions: --version, -v on either side of the command, defaults in every
+option's help, user commands listed apart from the recipe stages."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from imputer_asr import __version__
+from imputer_asr.cli import USER_COMMANDS, build_parser
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"imputer-asr {__version__}"
+
+
+@pytest.mark.parametrize(
+    ("argv", "verbose"),
+    [
+        (["score", "--hyps", "h", "--out-dir", "o", "--name", "n"], False),
+        (["-v", "score", "--hyps", "h", "--out-dir", "o", "--name", "n"], True),
+        (["score", "--hyps", "h", "--out-dir", "o", "--name", "n", "-v"], True),
+        (["score", "--verbose", "--hyps", "h", "--out-dir", "o", "--name", "n"], True),
+    ],
+)
+def test_verbose_before_or_after_the_command(argv, verbose):
+    assert build_parser().parse_args(argv).verbose is verbose
+
+
+def test_help_lists_user_commands_apart_from_the_stages_each_once():
+    parser = build_parser()
+    text = parser.format_help()
+    users, stages = text.split("commands:\n")[1].split("recipe stages")
+    listed = lambda block: re.findall(r"^  (\S+)\s", block, flags=re.M)  # noqa: E731
+    assert listed(users) == list(USER_COMMANDS)
+    commands = parser._subparsers._group_actions[0].choices
+    assert sorted(listed(users) + listed(stages)) == sorted(commands)
+    assert "transcribe audio files" in users and "render the offline synthetic corpus" in stages
+
+
+def test_every_option_help_shows_its_default():
+    parser = build_parser()
+    probe = parser._subparsers._group_actions[0].choices["probe"].format_help()
+    flat = " ".join(probe.split())
+    assert "--max-cuts MAX_CUTS probe the first N cuts of the manifest (default: 200)" in flat
+    assert "--threads THREADS torch threads (default: 2)" in flat
+    transcribe = " ".join(parser._subparsers._group_actions[0].choices["transcribe"].format_help().split())
+    assert (
+        "--window-seconds WINDOW_SECONDS long recordings are decoded in windows this long (default: 30.0)"
+        in transcribe
+    )
+    assert "(default: None)" not in transcribe and "(default: False)" not in transcribe
