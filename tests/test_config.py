@@ -25,7 +25,7 @@ def _non_default_config() -> ExperimentConfig:
     """A config where every section differs from its defaults (so a lost field would show)."""
     return ExperimentConfig(
         model=ModelConfig(vocab_size=57, mask_id=57, d_model=32, num_layers=3, dropout=0.25),
-        data=DataConfig(max_duration=12.5, spec_augment=False),
+        data=DataConfig(max_duration=90.0, spec_augment=False),  # integral, to test the float type
         train=TrainConfig(epochs=7, peak_lr=3e-4, sort_first_epoch=False),
     )
 
