@@ -176,11 +176,9 @@ def _add_train(sub) -> None:
 
 
 def _load_cuts(path: Path):
-    from lhotse import CutSet
+    from imputer_asr.dataset import load_cuts
 
-    if not Path(path).is_file():
-        raise ValueError(f"{path}: no such cuts manifest; run the fbank stage first")
-    return CutSet.from_file(path).to_eager()
+    return load_cuts(path)
 
 
 def _positive_float(text: str) -> float:
@@ -199,8 +197,8 @@ def _hours(cuts) -> float:
 
 
 def _trainable(cuts, tokenizer, cfg):
-    """Drop cuts that CTC cannot align with this tokenizer (the fbank stage filtered with the one
-    it was given; a tokenizer trained later with another vocabulary may need more frames)."""
+    """Drop cuts that CTC cannot align with this tokenizer, or that it cannot spell (the fbank
+    stage filtered with the one it was given; another vocabulary may need more frames)."""
     from imputer_asr.prepare import filter_cuts
 
     return filter_cuts(cuts, tokenizer, cfg.features, max_duration=float("inf")).to_eager()
@@ -468,7 +466,7 @@ def _run_train_imputer(args) -> None:
 
     tokenizer = Tokenizer.from_file(args.bpe)
     cfg = _resolved_config(args, tokenizer)
-    train_cuts = _load_cuts(args.train_cuts)
+    train_cuts = _trainable(_load_cuts(args.train_cuts), tokenizer, cfg)
     if cfg.imputer.learner_fraction < 1:
         check_cut_alignments(train_cuts)
     init = None

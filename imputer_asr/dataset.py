@@ -12,12 +12,16 @@ A batch is a dict:
 
 from __future__ import annotations
 
+import gzip
 import itertools
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 from lhotse import CutSet
+from lhotse.cut.set import deserialize_cut
 from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler, SpecAugment
 from lhotse.dataset.collation import collate_features
 from torch.utils.data import DataLoader, Dataset
@@ -25,9 +29,41 @@ from torch.utils.data import DataLoader, Dataset
 from imputer_asr.config import DataConfig
 from imputer_asr.tokenizer import Tokenizer
 
-__all__ = ["AsrDataset", "make_sampler", "make_loader", "pad_sequences", "ALIGNMENT_FIELD"]
+__all__ = ["AsrDataset", "load_cuts", "make_sampler", "make_loader", "pad_sequences", "ALIGNMENT_FIELD"]
 
 ALIGNMENT_FIELD = "alignment"
+
+
+def load_cuts(path: Path) -> CutSet:
+    """The cuts of a lhotse manifest (``.jsonl`` or ``.jsonl.gz``), read eagerly.
+
+    Raises:
+        ValueError: naming the file (and the line) when it is missing, truncated, or holds a line that
+            is not a cut.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such cuts manifest; run the stage that writes it first")
+    cuts, number = [], 0
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as lines:
+            for line in lines:
+                number += 1  # kept for the error messages below
+                if line.strip():
+                    cuts.append(deserialize_cut(json.loads(line)))
+    except (OSError, EOFError, UnicodeDecodeError) as exc:  # gzip raises these for a cut-short file
+        raise ValueError(
+            f"{path}: cannot be read after line {number} ({exc}); rerun the stage that wrote it"
+        ) from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        what = (
+            "not JSON"
+            if isinstance(exc, json.JSONDecodeError)
+            else f"not a cut ({type(exc).__name__}: {exc})"
+        )
+        raise ValueError(f"{path}, line {number}: {what}; rerun the stage that wrote it") from None
+    return CutSet.from_cuts(cuts)
 
 
 def pad_sequences(seqs: Sequence[Sequence[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,15 +76,30 @@ def pad_sequences(seqs: Sequence[Sequence[int]], value: int) -> tuple[torch.Tens
 
 
 class AsrDataset(Dataset):
-    """Map a CutSet (one sampler batch) to padded tensors; SpecAugment when ``spec_augment``."""
+    """Map a CutSet (one sampler batch) to padded tensors; SpecAugment when ``spec_augment``.
 
-    def __init__(self, tokenizer: Tokenizer, spec_augment: SpecAugment | None = None) -> None:
+    A cut whose features cannot be read (a missing or corrupt storage file) raises a ValueError that
+    names the cut and the file, or, with ``skip_unreadable`` (training), is left out of the batch and
+    named in its ``"unreadable"`` list; a batch of such cuts only has ``cut_ids`` [] and that list.
+    """
+
+    def __init__(
+        self, tokenizer: Tokenizer, spec_augment: SpecAugment | None = None, skip_unreadable: bool = False
+    ) -> None:
         self.tokenizer = tokenizer
         self.spec_augment = spec_augment
+        self.skip_unreadable = skip_unreadable
 
     def __getitem__(self, cuts: CutSet) -> dict:
         cuts = cuts.sort_by_duration(ascending=False)
-        features, feature_lengths = collate_features(cuts)
+        unreadable: list[str] = []
+        try:
+            features, feature_lengths = collate_features(cuts)
+        except Exception:  # storage backends raise many types; find the cuts at fault (or raise again)
+            cuts, unreadable = self._readable(cuts)
+            if not cuts:
+                return {"cut_ids": [], "unreadable": unreadable}
+            features, feature_lengths = collate_features(cuts)
         if self.spec_augment is not None:
             features = self.spec_augment(features)
         texts = [" ".join(s.text for s in c.supervisions) for c in cuts]
@@ -61,11 +112,30 @@ class AsrDataset(Dataset):
             "texts": texts,
             "cut_ids": [c.id for c in cuts],
             "durations": [c.duration for c in cuts],
+            "unreadable": unreadable,
         }
         if all(c.has_custom(ALIGNMENT_FIELD) for c in cuts):
             aligns = [_load_alignment(c) for c in cuts]
             batch["alignments"], batch["alignment_lengths"] = pad_sequences(aligns, -1)
         return batch
+
+    def _readable(self, cuts: CutSet) -> tuple[CutSet, list[str]]:
+        """The cuts whose features load, and a message for each of the others."""
+        good, unreadable = [], []
+        for cut in cuts:
+            try:
+                cut.load_features()
+                good.append(cut)
+            except Exception as exc:  # storage backends raise many types for a missing or corrupt file
+                where = f"{cut.features.storage_path}" if cut.has_features else "no features"
+                reason = str(exc).splitlines()[0] if str(exc) else ""  # lhotse appends the whole cut
+                unreadable.append(f"{cut.id} ({where}: {type(exc).__name__}: {reason})")
+        if unreadable and not self.skip_unreadable:
+            raise ValueError(
+                f"{len(unreadable)} cut(s) with unreadable features: {'; '.join(unreadable[:3])}; "
+                "rerun the fbank stage"
+            )
+        return CutSet.from_cuts(good), unreadable
 
 
 def _load_alignment(cut) -> list[int]:
@@ -160,7 +230,7 @@ def make_loader(
     )
     workers = cfg.num_workers if train else 0
     return DataLoader(
-        AsrDataset(tokenizer, spec),
+        AsrDataset(tokenizer, spec, skip_unreadable=train),
         sampler=_SkipFirst(sampler, skip_batches) if skip_batches else sampler,
         batch_size=None,
         num_workers=workers,

@@ -137,28 +137,40 @@ def ctc_feasible(num_encoder_frames: int, token_ids: Sequence[int]) -> bool:
 
 
 def filter_cuts(cuts: CutSet, tokenizer: Tokenizer, features: FeatureConfig, max_duration: float) -> CutSet:
-    """Keep cuts of at most ``max_duration`` seconds that CTC can align after 4x subsampling."""
-    kept, dropped_long, dropped_short = [], 0, 0
+    """Keep cuts of at most ``max_duration`` seconds that CTC can align after 4x subsampling, and
+    whose transcript the tokenizer can spell (a character it lacks would become ``<unk>``: the
+    first such cut is named in the log)."""
+    kept, dropped_long, dropped_short, unspellable = [], 0, 0, []
     for cut in cuts:
         if cut.duration > max_duration:
             dropped_long += 1
             continue
+        text = " ".join(s.text for s in cut.supervisions)
+        ids = tokenizer.encode(text)
+        if tokenizer.unk_id in ids:
+            unspellable.append((cut.id, text))
+            continue
         frames = compute_num_frames(cut.duration, features.frame_shift, features.sample_rate)
         encoder_frames = ((frames - 1) // 2 - 1) // 2
-        ids = tokenizer.encode(" ".join(s.text for s in cut.supervisions))
         if not ids or not ctc_feasible(encoder_frames, ids):
             dropped_short += 1
             continue
         kept.append(cut)
-    if dropped_long or dropped_short:
+    if dropped_long or dropped_short or unspellable:
         log.info(
-            "filtered %d of %d cuts: %d longer than %.0f s, %d too short for their transcript",
-            dropped_long + dropped_short,
+            "filtered %d of %d cuts: %d longer than %.0f s, %d too short for their transcript, "
+            "%d with characters outside the tokenizer",
+            dropped_long + dropped_short + len(unspellable),
             len(cuts),
             dropped_long,
             max_duration,
             dropped_short,
+            len(unspellable),
         )
+    if unspellable:
+        cut_id, text = unspellable[0]
+        odd = sorted({ch for ch in text if tokenizer.unk_id in tokenizer.encode(ch)})
+        log.warning("e.g. cut %s: %r not in the tokenizer (transcript %r)", cut_id, "".join(odd), text)
     return CutSet.from_cuts(kept)
 
 

@@ -18,7 +18,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -92,7 +92,8 @@ def lr_at(step: int, total_steps: int, cfg: TrainConfig, budget_spent: float | N
 class _Clock:
     """Where training stands. ``epoch_steps`` > 0: ``epoch`` is in progress and that many of its
     updates are done (a mid-epoch checkpoint) by ``world_size`` processes; 0: ``epoch`` epochs are
-    complete. ``skipped``: updates skipped for a non-finite gradient."""
+    complete. ``skipped``: updates skipped for a non-finite gradient; ``unreadable``: training cuts
+    left out because their features could not be read."""
 
     epoch: int = 0
     step: int = 0
@@ -101,6 +102,7 @@ class _Clock:
     epoch_steps: int = 0
     world_size: int = 1
     skipped: int = 0
+    unreadable: int = 0
 
 
 class _JsonLog:
@@ -143,6 +145,18 @@ def _update(
     return loss_sum, num_tokens, audio, True
 
 
+def _readable_batches(batches: Iterator[dict], clock: _Clock, json_log: _JsonLog) -> Iterator[dict]:
+    """``batches`` without the cuts whose features could not be read (each one logged and counted
+    in ``clock.unreadable``), and without batches left empty."""
+    for batch in batches:
+        for message in batch["unreadable"]:
+            clock.unreadable += 1
+            log.warning("training cut left out, its features cannot be read: %s", message)
+            json_log.write({"kind": "unreadable", "epoch": clock.epoch, "step": clock.step, "cut": message})
+        if batch["cut_ids"]:
+            yield batch
+
+
 def train_one_epoch(
     model: ImputerModel,
     optimizer: torch.optim.Optimizer,
@@ -174,7 +188,7 @@ def train_one_epoch(
         leave=False,
         disable=not runner.parallel.is_main,
     )
-    batches = iter(bar)
+    batches = _readable_batches(iter(bar), clock, json_log)
     skipped_in_a_row: list[list[str]] = []
     start = time.perf_counter()
     per_epoch = cfg.minutes_per_epoch * 60.0
@@ -285,7 +299,10 @@ def feature_stats(cuts: CutSet, max_cuts: int = 500) -> tuple[Tensor, Tensor]:
     for i, cut in enumerate(cuts):
         if i % stride:
             continue
-        feats = torch.from_numpy(cut.load_features()).double()
+        try:
+            feats = torch.from_numpy(cut.load_features()).double()
+        except Exception:  # unreadable features: the training loader names the cut and leaves it out
+            continue
         total = feats.sum(0) if total is None else total + feats.sum(0)
         total_sq = (feats**2).sum(0) if total_sq is None else total_sq + (feats**2).sum(0)
         frames += feats.size(0)
@@ -628,6 +645,7 @@ def _train_epochs(
                     "steps": clock.step,
                     "wall_time": clock.wall_time,
                     "skipped": clock.skipped,
+                    "unreadable": clock.unreadable,
                 }
             )
             + "\n"

@@ -131,3 +131,34 @@ def noise_cuts(tmp_path: Path):
         return path
 
     return make
+
+
+# ---- The fault-injection suite's summary: tests marked ``faults`` report what they injected and checked ----
+_FAULTS = {"injected": 0, "resumed": 0, "checked": 0, "passed": 0, "failed": 0}
+
+
+@pytest.fixture
+def fault_tally():
+    """``fault_tally(injected=, resumed=, checked=)``: add to the fault-injection summary (call it
+    after the test's checks, so that a test that fails reports nothing it did not verify)."""
+
+    def add(injected: int = 0, resumed: int = 0, checked: int = 0) -> None:
+        _FAULTS["injected"] += injected
+        _FAULTS["resumed"] += resumed
+        _FAULTS["checked"] += checked
+
+    return add
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" and "faults" in report.keywords:
+        _FAULTS["passed" if report.passed else "failed"] += report.failed or report.passed
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _FAULTS["passed"] or _FAULTS["failed"]:
+        lost = "nothing lost" if not _FAULTS["failed"] else f"{_FAULTS['failed']} fault test(s) FAILED"
+        terminalreporter.write_line(
+            f"fault injection: {_FAULTS['injected']} faults injected, {_FAULTS['resumed']} runs resumed, "
+            f"{_FAULTS['checked']} files checked, {lost}"
+        )

@@ -4,6 +4,7 @@ final weights must equal its weights exactly."""
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import os
@@ -24,6 +25,8 @@ from lhotse import CutSet
 from imputer_asr.checkpoint import epoch_checkpoints, load_file, step_checkpoints
 from imputer_asr.config import DataConfig, ExperimentConfig, TrainConfig, save_config
 from imputer_asr.train import fit
+
+pytestmark = pytest.mark.faults
 
 # Checkpoint after every update, so a kill at any update has a checkpoint before it.
 EVERY_UPDATE = 1e-9
@@ -134,7 +137,7 @@ def _kill_points(steps: int) -> list[tuple[str, int]]:
 
 @pytest.mark.parametrize("point", range(3))
 def test_kill_at_a_random_point_then_resume_equals_the_uninterrupted_run(
-    tiny_corpus, model_cfg, cuts, straight, tmp_path, point
+    tiny_corpus, model_cfg, cuts, straight, tmp_path, point, fault_tally
 ):
     want, steps = straight
     assert steps >= 4  # two epochs of several updates: kills land mid-epoch and at epoch ends
@@ -150,10 +153,11 @@ def test_kill_at_a_random_point_then_resume_equals_the_uninterrupted_run(
     assert step_checkpoints(exp) == []  # the last epoch checkpoint superseded them
     assert [p.name for p in epoch_checkpoints(exp)] == ["epoch-1.pt", "epoch-2.pt"]
     assert not list(exp.glob(".*.tmp"))
+    fault_tally(injected=1, resumed=1, checked=len(epoch_checkpoints(exp)))
 
 
 def test_a_truncated_newest_checkpoint_is_reported_and_the_previous_one_used(
-    tiny_corpus, model_cfg, cuts, straight, tmp_path, caplog
+    tiny_corpus, model_cfg, cuts, straight, tmp_path, caplog, fault_tally
 ):
     want, steps = straight
     exp = tmp_path / "exp"
@@ -165,6 +169,7 @@ def test_a_truncated_newest_checkpoint_is_reported_and_the_previous_one_used(
         model = fit(_config(model_cfg), exp, *cuts, tiny_corpus.tokenizer, resume=True)
     assert f"{newest} cannot be resumed from" in caplog.text
     _assert_same_weights(model, want)
+    fault_tally(injected=2, resumed=1, checked=1)
 
 
 def test_no_loadable_checkpoint_is_a_clear_error(tiny_corpus, model_cfg, cuts, tmp_path):
@@ -218,7 +223,7 @@ def test_bad_checkpoint_settings_are_refused(tiny_corpus, model_cfg, cuts, tmp_p
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_kill_from_outside_at_a_random_moment_then_the_same_command_finishes(
-    tiny_corpus, model_cfg, cuts, straight, tmp_path, seed
+    tiny_corpus, model_cfg, cuts, straight, tmp_path, seed, fault_tally
 ):
     """The user's case: `imputer-asr train ... --resume` killed with SIGKILL at a random moment of its
     run; the same command run again finishes the training, with the uninterrupted run's weights."""
@@ -253,6 +258,7 @@ def test_kill_from_outside_at_a_random_moment_then_the_same_command_finishes(
     final = load_file(epoch_checkpoints(exp)[-1])["model"]
     for name, value in want.items():
         assert torch.equal(final[name], value), name
+    fault_tally(injected=1, resumed=1, checked=1)
 
 
 def _nan_on(calls: set[int], objective=None):
@@ -278,7 +284,9 @@ def _batches(tiny_corpus, cuts, n: int) -> list[dict]:
     return list(itertools.islice(loader, n))
 
 
-def test_a_non_finite_update_is_skipped_as_if_its_batch_were_absent(tiny_corpus, model_cfg, cuts, tmp_path):
+def test_a_non_finite_update_is_skipped_as_if_its_batch_were_absent(
+    tiny_corpus, model_cfg, cuts, tmp_path, fault_tally
+):
     """Constant lr and no dropout: training on b1, b2 (NaN loss), b3 gives exactly the weights of
     training on b1, b3; the skip is logged with b2's cut ids."""
     from imputer_asr.model import ImputerModel
@@ -304,10 +312,11 @@ def test_a_non_finite_update_is_skipped_as_if_its_batch_were_absent(tiny_corpus,
     assert [r for r in skip_log if r["kind"] == "skipped"] == [
         {"kind": "skipped", "epoch": 1, "step": 2, "cut_ids": b2["cut_ids"]}
     ]
+    fault_tally(injected=1, checked=1)
 
 
 def test_too_many_non_finite_updates_in_a_row_stop_the_run_and_name_the_cuts(
-    tiny_corpus, model_cfg, cuts, tmp_path
+    tiny_corpus, model_cfg, cuts, tmp_path, fault_tally
 ):
     exp = tmp_path / "exp"
     cfg = _config(model_cfg, max_skipped_updates=3, checkpoint_minutes=0.0)
@@ -316,9 +325,12 @@ def test_too_many_non_finite_updates_in_a_row_stop_the_run_and_name_the_cuts(
     names = set(str(caught.value).split("Their cuts: ")[1].replace(";", " ").split())
     assert names and names <= {c.id for c in cuts[0]}
     assert not epoch_checkpoints(exp) and not step_checkpoints(exp)  # nothing non-finite was saved
+    fault_tally(injected=3, checked=1)
 
 
-def test_a_second_training_process_on_the_same_exp_dir_is_refused(tiny_corpus, model_cfg, cuts, tmp_path):
+def test_a_second_training_process_on_the_same_exp_dir_is_refused(
+    tiny_corpus, model_cfg, cuts, tmp_path, fault_tally
+):
     from imputer_asr.train import _lock_exp_dir
 
     exp = tmp_path / "exp"
@@ -332,13 +344,17 @@ def test_a_second_training_process_on_the_same_exp_dir_is_refused(tiny_corpus, m
         holder.close()
     fit(_config(model_cfg, epochs=1), exp, *cuts, tiny_corpus.tokenizer)  # free again
     assert [p.name for p in epoch_checkpoints(exp)] == ["epoch-1.pt"]
+    fault_tally(injected=1, checked=1)
 
 
-def test_a_full_disk_names_the_checkpoint_and_keeps_the_previous_one(
-    tiny_corpus, model_cfg, cuts, tmp_path, monkeypatch
+@pytest.mark.parametrize(
+    ("code", "reason"), [(errno.ENOSPC, "No space left on device"), (errno.EROFS, "Read-only file system")]
+)
+def test_a_full_disk_or_read_only_directory_names_the_checkpoint_and_keeps_the_previous_one(
+    tiny_corpus, model_cfg, cuts, tmp_path, monkeypatch, code, reason, fault_tally
 ):
-    import errno
-
+    """The write fails after part of the file is out (a full disk) or at once (read-only; simulated,
+    since root may write to a directory without write permission)."""
     from imputer_asr import checkpoint
 
     exp = tmp_path / "exp"
@@ -346,16 +362,90 @@ def test_a_full_disk_names_the_checkpoint_and_keeps_the_previous_one(
     before = (exp / "epoch-1.pt").read_bytes()
     real_save = torch.save
 
-    def full_disk(obj, f, *args, **kwargs):
-        real_save(obj, f, *args, **kwargs)
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def failing(obj, f, *args, **kwargs):
+        if code == errno.ENOSPC:
+            real_save(obj, f, *args, **kwargs)
+        raise OSError(code, reason)
 
-    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
-    with pytest.raises(
-        OSError, match=r"epoch-1.pt: cannot write it \(No space left on device\); the previous one"
-    ):
+    monkeypatch.setattr(checkpoint.torch, "save", failing)
+    with pytest.raises(OSError, match=rf"epoch-1.pt: cannot write it \({reason}\); the previous one"):
         checkpoint.atomic_save({"model": {}, "config": {}}, exp / "epoch-1.pt")
     assert (exp / "epoch-1.pt").read_bytes() == before
-    with pytest.raises(OSError, match=r"checkpoint-\d+.pt: cannot write it \(No space left on device\)$"):
+    with pytest.raises(OSError, match=rf"checkpoint-\d+.pt: cannot write it \({reason}\)$"):
         fit(_config(model_cfg, epochs=2), exp, *cuts, tiny_corpus.tokenizer, resume=True)
     assert (exp / "epoch-1.pt").read_bytes() == before and not list(exp.glob(".*.tmp"))
+    fault_tally(injected=2, checked=1)
+
+
+def _rank_killed_at(rank: int, port: int, cfg_path: str, exp: str, paths, bpe: str, kill_at: int) -> None:
+    """One of 2 gloo processes (the environment torchrun sets), training with --resume; rank 0
+    SIGKILLs itself right after its ``kill_at``-th update (0: never)."""
+    from imputer_asr import train
+    from imputer_asr.config import load_config
+    from imputer_asr.tokenizer import Tokenizer
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank)
+    )
+    if rank == 0 and kill_at:
+        real_update, calls = train._update, [0]
+
+        def update(*args):
+            out = real_update(*args)
+            calls[0] += 1
+            if calls[0] == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return out
+
+        train._update = update
+    cuts = [CutSet.from_file(p).to_eager() for p in paths]
+    train.fit(load_config(Path(cfg_path)), Path(exp), *cuts, Tokenizer.from_file(Path(bpe)), resume=True)
+
+
+def _two_processes(cfg_path: Path, exp: Path, tiny_corpus, kill_at: int = 0) -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    paths = [str(tiny_corpus.fbank_cuts("train")), str(tiny_corpus.fbank_cuts("dev"))]
+    bpe = str(tiny_corpus.fbank_dir.parent / "bpe.model")
+    ctx = mp.get_context("spawn")
+    procs = [
+        ctx.Process(target=_rank_killed_at, args=(r, port, str(cfg_path), str(exp), paths, bpe, kill_at))
+        for r in range(2)
+    ]
+    for p in procs:
+        p.start()
+    procs[0].join(timeout=300)
+    if kill_at:  # rank 1 waits for rank 0 in a collective that never comes
+        assert procs[0].exitcode == -signal.SIGKILL
+        procs[1].kill()
+    procs[1].join(timeout=300)
+    if not kill_at:
+        assert [p.exitcode for p in procs] == [0, 0]
+
+
+def test_two_processes_killed_at_a_random_update_resume_to_the_uninterrupted_weights(
+    tiny_corpus, model_cfg, tmp_path, fault_tally
+):
+    """Under torchrun every rank resumes at the same batch: 2 gloo processes killed at a random update
+    (dropout and SpecAugment on: each rank's draws are seeded by update and rank) finish with the
+    weights of 2 processes that were never interrupted."""
+    cfg_path = tmp_path / "config.json"
+    save_config(_config(model_cfg), cfg_path)
+    _two_processes(cfg_path, tmp_path / "straight", tiny_corpus)
+    want = load_file(tmp_path / "straight" / "epoch-2.pt")["model"]
+    steps = load_file(tmp_path / "straight" / "epoch-2.pt")["clock"]["step"]
+    assert steps >= 3
+    kill_at = random.Random(steps).randint(1, steps - 1)
+    exp = tmp_path / "killed"
+    _two_processes(cfg_path, exp, tiny_corpus, kill_at=kill_at)
+    assert not (exp / "train.done").exists()
+    _two_processes(cfg_path, exp, tiny_corpus)
+    got = load_file(exp / "epoch-2.pt")["model"]
+    for name, value in want.items():
+        assert torch.equal(got[name], value), f"{name} differs after a kill at update {kill_at}"
+    fault_tally(injected=1, resumed=1, checked=1)

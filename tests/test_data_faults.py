@@ -1,0 +1,216 @@
+"""Faults in the data around a run: a manifest line that is not JSON, a cut-short manifest, feature
+files that are missing or corrupt, transcripts the tokenizer cannot spell, and recipe stages killed
+part-way. The oracles: the message names the file (and line or cut); training goes on without the
+bad cut and counts it; a rerun of a killed stage writes exactly what a clean run writes."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from lhotse import CutSet
+
+from imputer_asr.cli import main
+from imputer_asr.config import DataConfig, ExperimentConfig, FeatureConfig, TrainConfig, save_config
+from imputer_asr.dataset import load_cuts, make_loader
+from imputer_asr.decode import decode_cuts
+from imputer_asr.prepare import filter_cuts
+from imputer_asr.train import fit
+
+pytestmark = pytest.mark.faults
+
+
+def _lines(path: Path) -> list[str]:
+    with gzip.open(path, "rt") as f:
+        return f.read().splitlines()
+
+
+def _write_lines(path: Path, lines: list[str]) -> Path:
+    with gzip.open(path, "wt") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_manifest_line_that_is_not_json_is_named_with_its_line(tiny_corpus, tmp_path, capsys, fault_tally):
+    lines = _lines(tiny_corpus.fbank_cuts("train"))
+    bad = _write_lines(tmp_path / "cuts.jsonl.gz", lines[:2] + ['{"id": "half a line'] + lines[3:])
+    with pytest.raises(ValueError, match=rf"{bad}, line 3: not JSON"):
+        load_cuts(bad)
+    # Through the command line: one line on stderr, exit status 1, no traceback.
+    bpe = tiny_corpus.fbank_dir.parent / "bpe.model"
+    dev = tiny_corpus.fbank_cuts("dev")
+    save_config(ExperimentConfig(), tmp_path / "config.json")
+    argv = ["train", "--config", str(tmp_path / "config.json"), "--exp-dir", str(tmp_path / "exp")]
+    argv += ["--train-cuts", str(bad), "--dev-cuts", str(dev), "--bpe", str(bpe)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "line 3: not JSON" in err and "Traceback" not in err
+    assert not (tmp_path / "exp" / "train.done").exists()
+    fault_tally(injected=1, checked=1)
+
+
+def test_a_json_line_that_is_not_a_cut_and_a_cut_short_manifest_are_named(tiny_corpus, tmp_path, fault_tally):
+    lines = _lines(tiny_corpus.fbank_cuts("train"))
+    not_cut = _write_lines(tmp_path / "other.jsonl.gz", lines[:4] + ['{"hello": 1}'])
+    with pytest.raises(ValueError, match=rf"{not_cut}, line 5: not a cut"):
+        load_cuts(not_cut)
+    whole = tiny_corpus.fbank_cuts("train").read_bytes()
+    short = tmp_path / "short.jsonl.gz"
+    short.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ValueError, match=rf"{short}: cannot be read after line \d+"):
+        load_cuts(short)
+    assert len(load_cuts(tiny_corpus.fbank_cuts("train"))) == len(lines)
+    fault_tally(injected=2, checked=3)
+
+
+def _with_bad_features(tiny_corpus, tmp_path: Path, how: str) -> tuple[CutSet, str]:
+    """The training cuts with the features of one of them made unreadable: its storage file
+    ``missing``, or ``corrupt`` (a file of the same size, all zeros)."""
+    cuts = CutSet.from_file(tiny_corpus.fbank_cuts("train")).to_eager()
+    victim = cuts[3]
+    features = victim.features
+    if how == "missing":
+        features.storage_path = str(tmp_path / "gone")
+    else:
+        broken = tmp_path / "broken.lca"
+        broken.write_bytes(bytes(Path(features.storage_path).stat().st_size))  # zeros: no valid chunk
+        features.storage_path = str(broken)
+    return cuts, victim.id
+
+
+@pytest.mark.parametrize("how", ["missing", "corrupt"])
+def test_unreadable_features_leave_the_cut_out_of_training_and_fail_decoding_by_name(
+    tiny_corpus, small_model_config, tmp_path, caplog, how, fault_tally
+):
+    cuts, victim = _with_bad_features(tiny_corpus, tmp_path, how)
+    tok = tiny_corpus.tokenizer
+    # Every training batch is complete but for the one cut.
+    seen = []
+    for batch in make_loader(cuts, tok, DataConfig(max_duration=15.0), train=True, seed=0):
+        seen += batch["cut_ids"]
+        assert all(victim in m for m in batch["unreadable"])
+    assert sorted(seen) == sorted(c.id for c in cuts if c.id != victim)
+    # A run trains to its end; the cut is logged, named and counted once per epoch.
+    cfg = ExperimentConfig(
+        model=small_model_config(tok),
+        data=DataConfig(max_duration=15.0),
+        train=TrainConfig(epochs=2, warmup_steps=2, checkpoint_minutes=0),
+    )
+    dev = CutSet.from_file(tiny_corpus.fbank_cuts("dev")).to_eager()
+    with caplog.at_level(logging.WARNING, logger="imputer_asr"):
+        fit(cfg, tmp_path / "exp", cuts, dev, tok)
+    done = json.loads((tmp_path / "exp" / "train.done").read_text())
+    assert done["unreadable"] == 2 and done["epochs"] == 2
+    logged = [
+        r for r in map(json.loads, (tmp_path / "exp" / "train_log.jsonl").open()) if r["kind"] == "unreadable"
+    ]
+    assert len(logged) == 2 and all(victim in r["cut"] for r in logged)
+    assert victim in caplog.text
+    # Decoding must not drop it silently: the error names the cut and its storage.
+    model = fit(cfg, tmp_path / "exp", cuts, dev, tok, resume=True)
+    with pytest.raises(ValueError, match=rf"unreadable features: {victim} \("):
+        decode_cuts(model, tok, cuts)
+    fault_tally(injected=1, resumed=0, checked=3)
+
+
+def test_a_transcript_the_tokenizer_cannot_spell_drops_its_cut_by_name(tiny_corpus, caplog, fault_tally):
+    cuts = CutSet.from_file(tiny_corpus.fbank_cuts("train")).to_eager()
+    odd = cuts[2]
+    odd.supervisions[0].text = odd.supervisions[0].text + " ЖЯ"
+    with caplog.at_level(logging.INFO, logger="imputer_asr"):
+        kept = filter_cuts(cuts, tiny_corpus.tokenizer, FeatureConfig(), max_duration=float("inf"))
+    assert sorted(kept.ids) == sorted(c.id for c in cuts if c.id != odd.id)
+    assert "1 with characters outside the tokenizer" in caplog.text
+    assert f"cut {odd.id}: 'ЖЯ' not in the tokenizer" in caplog.text
+    fault_tally(injected=1, checked=1)
+
+
+def _asr(*args: str) -> list[str]:
+    return [sys.executable, "-m", "imputer_asr.cli", *args]
+
+
+def _kill_when(command: list[str], ready, timeout: float = 120.0) -> None:
+    """Start ``command`` and SIGKILL it and its worker processes once ``ready()`` is true (it must not
+    finish first)."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert process.poll() is None, f"finished before the kill: {process.stderr.read().decode()[-1000:]}"
+        assert time.monotonic() < deadline, "the stage never reached the kill point"
+        time.sleep(0.005)
+    os.killpg(process.pid, signal.SIGKILL)  # the whole group: a pool's workers outlive their parent
+    process.wait()
+
+
+def _corpus_files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_corpus_rendering_killed_part_way_is_finished_by_the_rerun_as_a_clean_run_writes_it(
+    tmp_path, fault_tally
+):
+    if subprocess.run(["which", "espeak-ng", "flite", "sox"], capture_output=True).returncode:
+        pytest.skip("espeak-ng, flite and sox are needed")
+    sizes = ["--train-utts", "40", "--dev-utts", "4", "--test-utts", "4", "--train-speakers", "4"]
+    sizes += ["--dev-speakers", "1", "--test-speakers", "1", "--seed", "3", "--jobs", "2"]
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    subprocess.run(_asr("synth-corpus", "--out-dir", str(clean), *sizes), check=True, capture_output=True)
+    _kill_when(
+        _asr("synth-corpus", "--out-dir", str(killed), *sizes),
+        lambda: len(list(killed.rglob("*.flac"))) >= 10,
+    )
+    assert not (killed / ".completed").exists()
+    subprocess.run(_asr("synth-corpus", "--out-dir", str(killed), *sizes), check=True, capture_output=True)
+    want, got = _corpus_files(clean), _corpus_files(killed)
+    assert sorted(got) == sorted(want)
+    flacs = [name for name in want if name.endswith(".flac")]
+    assert len(flacs) == 48
+    for name in want:  # FLAC headers hold no dates: equal audio is equal bytes
+        assert got[name] == want[name], name
+    assert not list(killed.rglob("*.partial"))
+    fault_tally(injected=1, resumed=1, checked=len(want))
+
+
+def _feature_table(path: Path) -> dict[str, tuple[dict, np.ndarray]]:
+    """cut id -> (the cut without its storage location, its feature matrix)."""
+    table = {}
+    for cut in load_cuts(path):
+        feats = cut.load_features()
+        record = cut.to_dict()
+        record["features"].pop("storage_path")
+        table[cut.id] = (record, feats)
+    return table
+
+
+def test_fbank_killed_part_way_is_redone_by_the_rerun_as_a_clean_run_writes_it(
+    tiny_corpus, tmp_path, fault_tally
+):
+    bpe = tiny_corpus.fbank_dir.parent / "bpe.model"
+
+    def fbank(out: Path) -> list[str]:
+        args = ["--manifest-dir", str(tiny_corpus.manifest_dir), "--out-dir", str(out), "--bpe", str(bpe)]
+        return _asr("fbank", *args, "--part", "train", "--augment", "--speeds", "0.9", "1.1", "--jobs", "2")
+
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    subprocess.run(fbank(clean), check=True, capture_output=True)
+    _kill_when(fbank(killed), lambda: any(p.stat().st_size > 0 for p in killed.rglob("feats-*")))
+    manifest = "cuts_train_fbank.jsonl.gz"
+    assert not (killed / manifest).exists()
+    subprocess.run(fbank(killed), check=True, capture_output=True)
+    want, got = _feature_table(clean / manifest), _feature_table(killed / manifest)
+    assert list(got) == list(want)
+    for cut_id, (record, feats) in want.items():
+        assert got[cut_id][0] == record
+        np.testing.assert_array_equal(got[cut_id][1], feats)
+    fault_tally(injected=1, resumed=1, checked=len(want))
