@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from imputer_asr import lm_cli
+from imputer_asr.runtime import add_runtime_options, apply_runtime
 
 __all__ = ["main", "build_parser"]
 
@@ -175,6 +176,14 @@ def _add_train(sub) -> None:
     p.set_defaults(func=_run_train)
 
 
+def _apply_runtime(args) -> None:
+    """Threads and device of a command (imputer_asr.runtime); a device not at hand is a usage error."""
+    try:
+        apply_runtime(args)
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+
+
 def _load_cuts(path: Path):
     from imputer_asr.dataset import load_cuts
 
@@ -279,21 +288,19 @@ def _add_decode(sub) -> None:
     p.add_argument("--cuts", type=Path, required=True)
     p.add_argument("--out-dir", type=Path, required=True)
     p.add_argument("--name", required=True, help="e.g. test-ctc; names the output files")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--threads", type=int, default=2)
+    add_runtime_options(p)
     lm_cli.add_lm_options(p)
     p.set_defaults(func=_run_decode)
 
 
 def _run_decode(args) -> None:
-    import torch
 
     from imputer_asr.checkpoint import load_packaged
     from imputer_asr.decode import decode_cuts
 
     if args.arpa is not None and args.lexicon is None:
         raise _UsageError("--arpa needs --lexicon (the words the search may write)")
-    torch.set_num_threads(args.threads)
+    _apply_runtime(args)
     packaged = load_packaged(args.model)
     packaged.model.to(args.device)
     cuts = _load_cuts(args.cuts)
@@ -379,18 +386,16 @@ def _add_align(sub) -> None:
         help="align a seeded random subset with this much audio (default: every cut)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the --max-hours subset")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--threads", type=int, default=2)
+    add_runtime_options(p)
     p.set_defaults(func=_run_align)
 
 
 def _run_align(args) -> None:
-    import torch
 
     from imputer_asr.checkpoint import load_packaged
     from imputer_asr.imputer_train import align_cuts, sample_hours
 
-    torch.set_num_threads(args.threads)
+    _apply_runtime(args)
     packaged = load_packaged(args.model)
     packaged.model.to(args.device)
     cuts = _load_cuts(args.cuts)
@@ -475,7 +480,9 @@ def _run_train_imputer(args) -> None:
         if _trained_as(args.init_from) == "ctc":
             init = imputer_start(init, cfg.model.mask_id)
     imp = cfg.imputer
-    objective = imputer_objective(imp.block_size, imp.ctc_weight, imp.learner_fraction, imp.score_observed)
+    objective = imputer_objective(
+        imp.block_size, imp.ctc_weight, imp.learner_fraction, imp.score_observed, imp.greedy_fraction
+    )
     block = cfg.imputer.block_size
 
     def decoder(model, tok, cuts):  # dev WER of K = B block decoding, as reported
@@ -514,14 +521,12 @@ def _add_decode_imputer(sub) -> None:
         help="fix every frame more probable than THRESHOLD, stop when all are fixed",
     )
     p.add_argument("--block-size", type=int, default=None, help="B; default: the model's imputer config")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--threads", type=int, default=2)
+    add_runtime_options(p)
     lm_cli.add_lm_options(p)
     p.set_defaults(func=_run_decode_imputer)
 
 
 def _run_decode_imputer(args) -> None:
-    import torch
 
     from imputer_asr.checkpoint import load_packaged
     from imputer_asr.imputer_decode import decode_cuts_imputer
@@ -530,7 +535,7 @@ def _run_decode_imputer(args) -> None:
         raise _UsageError("--arpa needs --lexicon (the words the search may write)")
     if args.lexicon is not None and args.adaptive is not None:
         raise _UsageError("--adaptive cannot be combined with --lexicon (the LM search reads step K of K)")
-    torch.set_num_threads(args.threads)
+    _apply_runtime(args)
     packaged = load_packaged(args.model)
     packaged.model.to(args.device)
     block_size = args.block_size or packaged.config.imputer.block_size
@@ -641,16 +646,15 @@ def _add_show_imputation(sub) -> None:
     p.add_argument("--steps", type=int, default=None, help="K; default: the model's block size B")
     p.add_argument("--max-frames", type=int, default=120, help="draw at most this many encoder frames")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--threads", type=int, default=2)
+    add_runtime_options(p, device=False)
     p.set_defaults(func=_run_show_imputation)
 
 
 def _run_show_imputation(args) -> None:
-    import torch
 
     from imputer_asr.report import show_imputation
 
-    torch.set_num_threads(args.threads)
+    _apply_runtime(args)
     result = show_imputation(
         args.model, args.cuts, args.cut_id, args.steps, args.out, max_frames=args.max_frames
     )
@@ -686,10 +690,7 @@ def _add_probe(sub) -> None:
     p.add_argument(
         "--max-duration", type=float, default=200.0, help="seconds of audio per batch (default: %(default)s)"
     )
-    p.add_argument(
-        "--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs (default: %(default)s)"
-    )
-    p.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
+    add_runtime_options(p)
     p.add_argument(
         "--out", type=Path, default=None, help="also write the report as JSON here (default: print only)"
     )
@@ -697,7 +698,6 @@ def _add_probe(sub) -> None:
 
 
 def _run_probe(args) -> None:
-    import torch
 
     from imputer_asr.checkpoint import load_packaged
     from imputer_asr.probe import check_probe_arguments, format_probe, probe_cuts
@@ -705,7 +705,7 @@ def _run_probe(args) -> None:
 
     if args.max_cuts < 1:
         raise _UsageError(f"--max-cuts must be at least 1, got {args.max_cuts}")
-    torch.set_num_threads(args.threads)
+    _apply_runtime(args)
     packaged = load_packaged(args.model)
     block_size = packaged.config.imputer.block_size if args.block_size is None else args.block_size
     try:
@@ -759,20 +759,18 @@ def _add_transcribe(sub) -> None:
         "--window-seconds", type=float, default=30.0, help="long recordings are decoded in windows this long"
     )
     p.add_argument("--overlap-seconds", type=float, default=5.0, help="overlap of consecutive windows")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--threads", type=int, default=2)
+    add_runtime_options(p)
     lm_cli.add_lm_options(p)
     p.set_defaults(func=_run_transcribe)
 
 
 def _run_transcribe(args) -> int:
     """Exit status 0 when every input was transcribed, 1 when some failed (each on a stderr line)."""
-    import torch
 
     from imputer_asr.audio import find_audio
     from imputer_asr.transcribe import TranscribeOptions, load_model
 
-    torch.set_num_threads(args.threads)
+    _apply_runtime(args)
     try:
         options = TranscribeOptions(window_seconds=args.window_seconds, overlap_seconds=args.overlap_seconds)
         lm_weights = lm_cli.lm_weights_from_args(args) if args.lexicon is not None else None

@@ -10,6 +10,8 @@ import json
 import logging
 from pathlib import Path
 
+from imputer_asr.runtime import add_runtime_options, apply_runtime
+
 log = logging.getLogger("imputer_asr")
 
 DEFAULT_LM_WEIGHTS = (0.5, 1.0, 1.5, 2.0)
@@ -179,19 +181,18 @@ def add_tune_lm(sub) -> None:
     )
     p.add_argument("--block-size", type=int, default=None, help="B; default: the model's imputer config")
     p.add_argument("--out", type=Path, required=True, help="JSON: the best weights and every grid point")
-    p.add_argument("--threads", type=int, default=2)
+    add_runtime_options(p, device=False)
     p.set_defaults(func=run_tune_lm)
 
 
 def run_tune_lm(args) -> None:
-    import torch
 
     from imputer_asr.checkpoint import load_packaged
     from imputer_asr.cli import _load_cuts
     from imputer_asr.lm_decode import compute_emissions, tune
     from imputer_asr.scoring import write_text_atomic
 
-    torch.set_num_threads(args.threads)
+    apply_runtime(args)
     packaged = load_packaged(args.model)
     block_size = args.block_size or packaged.config.imputer.block_size
     emissions = compute_emissions(

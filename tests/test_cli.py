@@ -46,10 +46,60 @@ def test_every_option_help_shows_its_default():
     probe = parser._subparsers._group_actions[0].choices["probe"].format_help()
     flat = " ".join(probe.split())
     assert "--max-cuts MAX_CUTS probe the first N cuts of the manifest (default: 200)" in flat
-    assert "--threads THREADS torch threads (default: 2)" in flat
+    assert "--threads THREADS CPU threads of torch (default: torch's own, the cores)" in flat
+    assert "--device {auto,cpu,cuda} auto: cuda when torch sees a GPU, else cpu (default: auto)" in flat
     transcribe = " ".join(parser._subparsers._group_actions[0].choices["transcribe"].format_help().split())
     assert (
         "--window-seconds WINDOW_SECONDS long recordings are decoded in windows this long (default: 30.0)"
         in transcribe
     )
     assert "(default: None)" not in transcribe and "(default: False)" not in transcribe
+
+
+RUNTIME_COMMANDS = ("decode", "decode-imputer", "align", "probe", "transcribe", "tune-lm", "show-imputation")
+
+
+@pytest.mark.parametrize("command", RUNTIME_COMMANDS)
+def test_every_command_that_runs_a_model_takes_the_runtime_options_with_one_default(command):
+    choices = build_parser()._subparsers._group_actions[0].choices
+    options = {a.dest: a for a in choices[command]._actions}
+    assert options["threads"].default is None  # torch's own count, resolved by apply_runtime
+    if "device" in options:
+        assert options["device"].default == "auto" and options["device"].choices == ("auto", "cpu", "cuda")
+
+
+def test_device_auto_resolves_to_what_torch_sees_and_cuda_without_a_gpu_is_a_usage_error(monkeypatch, capsys):
+    import torch
+
+    from imputer_asr.cli import main
+    from imputer_asr.runtime import resolve_device
+
+    threads = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        assert resolve_device("auto") == "cpu"
+        assert (
+            main(
+                [
+                    "decode",
+                    "--model",
+                    "m.pt",
+                    "--cuts",
+                    "c",
+                    "--out-dir",
+                    "o",
+                    "--name",
+                    "n",
+                    "--device",
+                    "cuda",
+                ]
+            )
+            == 2
+        )
+        assert "torch sees no CUDA GPU" in capsys.readouterr().err
+        assert main(["probe", "--model", "m.pt", "--cuts", "c", "--threads", "0"]) == 2
+        assert "--threads must be at least 1, got 0" in capsys.readouterr().err
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        assert resolve_device("auto") == "cuda" and resolve_device("cpu") == "cpu"
+    finally:
+        torch.set_num_threads(threads)

@@ -319,7 +319,8 @@ def test_cli_probe_defaults_are_the_library_defaults_and_shown_in_help(capsys):
     parser = build_parser()
     args = parser.parse_args(["probe", "--model", "m.pt", "--cuts", "c.jsonl.gz"])
     assert tuple(args.fractions) == DEFAULT_FRACTIONS
-    assert (args.max_cuts, args.block_size, args.seed, args.threads, args.out) == (200, None, 0, 2, None)
+    assert (args.max_cuts, args.block_size, args.seed, args.threads, args.out) == (200, None, 0, None, None)
+    assert args.device == "auto"  # threads None: torch's own count (imputer_asr.runtime)
     with pytest.raises(SystemExit):
         parser.parse_args(["probe", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
