@@ -157,13 +157,17 @@ class ImputerConfig:
     ``learner_fraction`` is the share of utterances whose alignment is the forced alignment under
     the model being trained (learner roll-in) instead of the stored expert's; 1 needs no expert.
     ``score_observed`` scores the shown frames too (the paper's objective); ``ctc_weight`` > 0 adds
-    the CTC loss of the all-[MASK] network on every batch (joint training).
+    the CTC loss of the all-[MASK] network on every batch (joint training). ``greedy_fraction`` is
+    the share of utterances shown the model's own greedy alignment instead (block-masked, as K-step
+    decoding shows it, mistakes included) and scored with the CTC loss over every alignment, since
+    wrong shown tokens leave none consistent: the network learns to correct what it is shown.
     """
 
     block_size: int = 8
     ctc_weight: float = 0.0
     learner_fraction: float = 0.0
     score_observed: bool = True
+    greedy_fraction: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ def imputer_objective(
     ctc_weight: float = 0.0,
     learner_fraction: float = 0.0,
     score_observed: bool = True,
+    greedy_fraction: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> Objective:
     """The Imputer training objective for :func:`imputer_asr.train.fit`.
@@ -68,6 +69,9 @@ def imputer_objective(
         learner_fraction: share of utterances, in [0, 1], aligned under the model being trained
             instead of by the stored expert.
         score_observed: score the shown frames too (see :func:`imputer_asr.losses.imputer_loss`).
+        greedy_fraction: share of utterances, in [0, 1], shown their own greedy alignment (the argmax
+            of the all-[MASK] pass, block-masked) and scored with the CTC loss over every alignment:
+            the states K-step decoding visits, with its mistakes, and a target that corrects them.
         generator: randomness of the masks and of the roll-in choice (default: torch's global one).
 
     Returns:
@@ -82,13 +86,15 @@ def imputer_objective(
         raise ValueError(f"ctc_weight must be >= 0, got {ctc_weight}")
     if not 0.0 <= learner_fraction <= 1.0:
         raise ValueError(f"learner_fraction must be in [0, 1], got {learner_fraction}")
+    if not 0.0 <= greedy_fraction <= 1.0:
+        raise ValueError(f"greedy_fraction must be in [0, 1], got {greedy_fraction}")
 
     def objective(model: ImputerModel, batch: dict) -> tuple[Tensor, int]:
         features, feature_lengths = batch["features"], batch["feature_lengths"]
         targets, target_lengths = batch["targets"], batch["target_lengths"]
         n = features.size(0)
+        device = generator.device if generator is not None else features.device
         if "alignments" in batch:
-            device = generator.device if generator is not None else features.device
             learner = torch.rand(n, generator=generator, device=device).to(features.device) < learner_fraction
         else:
             learner = torch.ones(n, dtype=torch.bool, device=features.device)
@@ -102,10 +108,21 @@ def imputer_objective(
             alignment = _expert_alignment(batch, lengths, hidden.size(1))
             if own is not None:
                 alignment = torch.where(learner.unsqueeze(1), own.to(alignment.device), alignment)
-        tokens_in, observed = block_mask(
-            alignment.to(hidden.device), lengths, block_size, mask_id=model.cfg.mask_id, generator=generator
-        )
         blank = model.cfg.blank_id
+        alignment = alignment.to(hidden.device)
+        ctc_log_probs = None
+        if ctc_weight > 0 or greedy_fraction > 0:
+            ctc_log_probs = model.impute(hidden, lengths, model.all_mask(hidden))
+        greedy = torch.zeros(n, dtype=torch.bool, device=hidden.device)
+        if greedy_fraction > 0:
+            greedy = torch.rand(n, generator=generator, device=device).to(hidden.device) < greedy_fraction
+            own_greedy = ctc_log_probs.detach().argmax(-1).masked_fill(alignment < 0, -1)
+            alignment = torch.where(greedy.unsqueeze(1), own_greedy, alignment)
+        tokens_in, observed = block_mask(
+            alignment, lengths, block_size, mask_id=model.cfg.mask_id, generator=generator
+        )
+        # Its own tokens may be wrong: no alignment need agree with them, so none is held to them.
+        observed = observed.masked_fill(greedy.unsqueeze(1), -1)
         log_probs = model.impute(hidden, lengths, tokens_in)
         loss = imputer_loss(
             log_probs,
@@ -119,7 +136,6 @@ def imputer_objective(
             score_observed=score_observed,
         )
         if ctc_weight > 0:
-            ctc_log_probs = model.impute(hidden, lengths, model.all_mask(hidden))
             ctc = ctc_loss(
                 ctc_log_probs,
                 targets,

@@ -342,6 +342,39 @@ def test_objective_scores_observed_frames_only_when_asked(monkeypatch, score_obs
     assert torch.isfinite(loss) and loss > 0
 
 
+def test_objective_greedy_rollin_shows_its_own_argmax_and_scores_every_alignment():
+    """greedy_fraction 1: the network is shown the block-masked argmax of its all-[MASK] pass (not the
+    stored alignment) and the loss is CTC's over every alignment, computed here by hand from the same
+    random draws; the CTC term adds the all-[MASK] pass's CTC loss."""
+    from imputer_asr.losses import ctc_loss
+    from imputer_asr.masking import block_mask
+
+    model = _model(inject_layer=1).eval()
+    batch = _aligned_batch(model)
+    batch["alignments"] = torch.where(batch["alignments"] >= 0, 1, -1)  # an expert it must not be shown
+    for ctc_weight in (0.0, 0.5):
+        objective = imputer_objective(
+            block_size=4,
+            ctc_weight=ctc_weight,
+            greedy_fraction=1.0,
+            generator=torch.Generator().manual_seed(3),
+        )
+        loss, _ = objective(model, batch)
+        g = torch.Generator().manual_seed(3)
+        torch.rand(3, generator=g), torch.rand(3, generator=g)  # the learner and greedy draws
+        hidden, lengths = model.encode_acoustic(batch["features"], batch["feature_lengths"])
+        all_mask = model.impute(hidden, lengths, model.all_mask(hidden))
+        own = all_mask.argmax(-1).masked_fill(batch["alignments"] < 0, -1)
+        assert not torch.equal(own, batch["alignments"])
+        shown, _ = block_mask(own, lengths, 4, mask_id=model.cfg.mask_id, generator=g)
+        args = (batch["targets"], lengths, batch["target_lengths"])
+        want = ctc_loss(model.impute(hidden, lengths, shown), *args, reduction="sum")
+        want = want + ctc_weight * ctc_loss(all_mask, *args, reduction="sum")
+        torch.testing.assert_close(loss, want)
+    with pytest.raises(ValueError, match="greedy_fraction"):
+        imputer_objective(greedy_fraction=1.5)
+
+
 def test_objective_learner_rollin_and_length_check():
     model = _model(inject_layer=1).train()
     batch = _aligned_batch(model)
