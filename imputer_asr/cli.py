@@ -748,13 +748,20 @@ def _add_transcribe(sub) -> None:
         "--steps", type=int, default=None, help="K of the imputer decoder; default: its block size"
     )
     p.add_argument(
+        "--output-format",
         "--format",
-        choices=("txt", "json", "srt", "vtt"),
+        dest="format",
+        choices=(*TRANSCRIPT_FORMATS, "all"),
         default="txt",
-        help="txt: 'AUDIO<TAB>TEXT' lines; json: one JSON object per input (JSON Lines) with word times; "
-        "srt, vtt: a subtitle file per input in --output-dir",
+        help="txt: the text; json: text, duration and timed words; tsv: a 'start<TAB>end<TAB>word' row "
+        "per word (ms); srt, vtt: subtitles; all: every one",
     )
-    p.add_argument("--output-dir", type=Path, default=Path("."), help="where srt and vtt files go")
+    p.add_argument(
+        "--output-dir",
+        default=".",
+        help="a file <input name>.<format> per input goes here; '-': print to stdout instead (txt: "
+        "'AUDIO<TAB>TEXT' lines, json: JSON Lines, tsv: 'AUDIO<TAB>start<TAB>end<TAB>word' rows)",
+    )
     p.add_argument(
         "--window-seconds", type=float, default=30.0, help="long recordings are decoded in windows this long"
     )
@@ -766,10 +773,13 @@ def _add_transcribe(sub) -> None:
 
 def _run_transcribe(args) -> int:
     """Exit status 0 when every input was transcribed, 1 when some failed (each on a stderr line)."""
-
     from imputer_asr.audio import find_audio
     from imputer_asr.transcribe import TranscribeOptions, load_model
 
+    if args.output_dir == "-" and args.format not in _STREAMABLE:
+        raise _UsageError(
+            f"--output-format {args.format} writes files: give --output-dir a directory, not '-'"
+        )
     _apply_runtime(args)
     try:
         options = TranscribeOptions(window_seconds=args.window_seconds, overlap_seconds=args.overlap_seconds)
@@ -787,40 +797,63 @@ def _run_transcribe(args) -> int:
         )
     except ValueError as exc:
         raise _UsageError(str(exc)) from None
-    subtitles: dict[Path, str] = {}
+    written: dict[Path, str] = {}
     failed = 0
     for transcript in transcripts:
-        error = _write_transcript(transcript, args, subtitles) or transcript.error
+        error = _write_transcript(transcript, args, written) or transcript.error
         if error:
             print(f"imputer-asr transcribe: error: {error}", file=sys.stderr, flush=True)
             failed += 1
     return 1 if failed else 0
 
 
-def _write_transcript(transcript, args, subtitles: dict[Path, str]) -> str | None:
-    """Print (txt, json) or write (srt, vtt) one transcript; returns an error, if any.
+TRANSCRIPT_FORMATS = ("txt", "json", "tsv", "srt", "vtt")
+_STREAMABLE = ("txt", "json", "tsv")
 
-    ``subtitles`` maps the subtitle files written so far to their inputs: two inputs with the same
-    name would write the same file, and the second is refused rather than overwrite the first.
-    """
+
+def _transcript_text(transcript, fmt: str, stream: bool) -> str:
+    """One transcript in ``fmt``: a file's content, or (``stream``) the lines printed for it."""
     from imputer_asr.subtitles import format_srt, format_vtt, subtitle_cues
 
-    if args.format == "json":
-        print(json.dumps(transcript.to_dict()), flush=True)
+    if fmt == "json":
+        return json.dumps(transcript.to_dict()) + "\n"
+    if fmt == "txt":
+        return f"{transcript.audio}\t{transcript.text}\n" if stream else transcript.text + "\n"
+    if fmt == "tsv":
+        rows = [(round(w.start * 1000), round(w.end * 1000), w.word) for w in transcript.words]
+        if stream:
+            return "".join(f"{transcript.audio}\t{a}\t{b}\t{w}\n" for a, b, w in rows)
+        return "start\tend\tword\n" + "".join(f"{a}\t{b}\t{w}\n" for a, b, w in rows)
+    cues = subtitle_cues(transcript.words)
+    return format_srt(cues) if fmt == "srt" else format_vtt(cues)
+
+
+def _write_transcript(transcript, args, written: dict[Path, str]) -> str | None:
+    """Print or write one transcript in each chosen format; returns an error, if any.
+
+    Files are written whole (atomically) and only for inputs that were transcribed. ``written`` maps
+    the files written so far to their inputs: two inputs with the same name would write the same
+    file, and the second is refused rather than overwrite the first.
+    """
+    from imputer_asr.scoring import write_text_atomic
+
+    formats = TRANSCRIPT_FORMATS if args.format == "all" else (args.format,)
+    if args.output_dir == "-":
+        if args.format == "json" or not transcript.error:  # a JSON record carries its error
+            print(_transcript_text(transcript, args.format, stream=True), end="", flush=True)
         return None
     if transcript.error:
         return None
-    if args.format == "txt":
-        print(f"{transcript.audio}\t{transcript.text}", flush=True)
-        return None
-    out = args.output_dir / f"{Path(transcript.audio).stem}.{args.format}"
-    if out in subtitles:
-        return f"{transcript.audio}: its subtitles would overwrite {out}, written for {subtitles[out]}"
-    cues = subtitle_cues(transcript.words)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    out.write_text(format_srt(cues) if args.format == "srt" else format_vtt(cues))
-    subtitles[out] = transcript.audio
-    print(f"{transcript.audio}\t{out}", flush=True)
+    out_dir = Path(args.output_dir)
+    outs = [out_dir / f"{Path(transcript.audio).stem}.{fmt}" for fmt in formats]
+    for out in outs:
+        if out in written:
+            return f"{transcript.audio}: its transcript would overwrite {out}, written for {written[out]}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for fmt, out in zip(formats, outs, strict=True):
+        write_text_atomic(out, _transcript_text(transcript, fmt, stream=False))
+        written[out] = transcript.audio
+        print(f"{transcript.audio}\t{out}", flush=True)
     return None
 
 

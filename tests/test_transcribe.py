@@ -366,8 +366,11 @@ def _env() -> dict[str, str]:
 
 
 def _transcribe(capsys: pytest.CaptureFixture, model: Path, *args: str) -> tuple[int, list[str], list[str]]:
-    """Run ``imputer-asr transcribe`` in-process (4 s windows): exit status, stdout, stderr lines."""
+    """Run ``imputer-asr transcribe`` in-process (4 s windows, printing to stdout unless the call
+    names an --output-dir): exit status, stdout, stderr lines."""
     windows = ["--window-seconds", "4", "--overlap-seconds", "2"]
+    if "--output-dir" not in args:
+        windows += ["--output-dir", "-"]
     status = main(["transcribe", "--model", str(model), "--threads", "1", *windows, *args])
     out, err = capsys.readouterr()
     return status, out.splitlines(), err.splitlines()
@@ -506,6 +509,39 @@ def test_subtitle_files_parse_back(
     assert all(len(c[2].split()) <= 12 and c[1] - c[0] <= 7.0 for c in cues)
 
 
+def test_output_format_all_writes_every_format_that_agree_with_each_other(
+    model_path: Path, long_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out_dir = tmp_path / "out"
+    args = ["--output-format", "all", "--output-dir", str(out_dir), "--decoder", "ctc", str(long_path)]
+    status, out, err = _transcribe(capsys, model_path, *args)
+    files = {fmt: out_dir / f"long.{fmt}" for fmt in ("txt", "json", "tsv", "srt", "vtt")}
+    assert status == 0 and err == [] and out == [f"{long_path}\t{f}" for f in files.values()]
+    record = json.loads(files["json"].read_text())
+    assert files["txt"].read_text() == record["text"] + "\n"
+    header, *rows = files["tsv"].read_text().splitlines()
+    assert header == "start\tend\tword"
+    assert [r.split("\t")[2] for r in rows] == [w["word"] for w in record["words"]]
+    assert [int(r.split("\t")[0]) for r in rows] == [round(w["start"] * 1000) for w in record["words"]]
+    for fmt in ("srt", "vtt"):
+        assert record["words"][0]["word"] in files[fmt].read_text()
+    assert not list(out_dir.glob(".*.tmp"))
+    # Subtitles cannot go to stdout.
+    status, out, err = _transcribe(
+        capsys, model_path, "--output-format", "srt", "--output-dir", "-", str(long_path)
+    )
+    assert status == 2 and out == [] and "writes files" in err[0]
+
+
+def test_tsv_to_stdout_names_the_input_on_every_row(
+    model_path: Path, speech: Speech, capsys: pytest.CaptureFixture
+) -> None:
+    status, out, err = _transcribe(capsys, model_path, "--output-format", "tsv", str(speech.paths[0]))
+    assert status == 0 and err == []
+    assert [row.split("\t")[3] for row in out] == TEXTS[0].split()
+    assert all(row.split("\t")[0] == str(speech.paths[0]) for row in out)
+
+
 def test_subtitles_of_two_inputs_with_one_name_are_not_overwritten(
     model_path: Path, speech: Speech, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -584,9 +620,15 @@ def test_command_prints_no_traceback_for_a_bad_file(model_path: Path, speech: Sp
     bad.write_text("not audio")
     command = [sys.executable, "-m", "imputer_asr.cli", "transcribe", "--model", str(model_path)]
     command += ["--threads", "1", str(speech.paths[2]), str(bad)]
-    result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=120)
+    run = tmp_path / "run"
+    run.mkdir()
+    result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=120, cwd=run)
     assert result.returncode == 1
-    assert result.stdout == f"{speech.paths[2]}\t{TEXTS[2]}\n"
+    # By default a <name>.txt per input in the working directory, each named on stdout.
+    written = f"{Path(speech.paths[2]).stem}.txt"
+    assert result.stdout == f"{speech.paths[2]}\t{written}\n"
+    assert sorted(p.name for p in run.iterdir()) == [written]
+    assert (run / written).read_text() == TEXTS[2] + "\n"
     cause = "not an audio file that soundfile can read (Format not recognised)"
     assert result.stderr.splitlines() == [f"imputer-asr transcribe: error: {bad}: {cause}"]
 
