@@ -15,7 +15,7 @@ from __future__ import annotations
 import gzip
 import itertools
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +25,20 @@ from lhotse.cut.set import deserialize_cut
 from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler, SpecAugment
 from lhotse.dataset.collation import collate_features
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from imputer_asr.config import DataConfig
 from imputer_asr.tokenizer import Tokenizer
 
-__all__ = ["AsrDataset", "load_cuts", "make_sampler", "make_loader", "pad_sequences", "ALIGNMENT_FIELD"]
+__all__ = [
+    "AsrDataset",
+    "load_cuts",
+    "with_progress",
+    "make_sampler",
+    "make_loader",
+    "pad_sequences",
+    "ALIGNMENT_FIELD",
+]
 
 ALIGNMENT_FIELD = "alignment"
 
@@ -236,3 +245,20 @@ def make_loader(
         num_workers=workers,
         persistent_workers=False,
     )
+
+
+def with_progress(
+    batches: Iterable[dict],
+    total_cuts: int,
+    desc: str,
+    disable: bool | None = None,
+    file=None,
+    leave: bool = False,
+) -> Iterator[dict]:
+    """``batches`` unchanged, with a progress bar of the cuts done on stderr (``file``): the loops of
+    decode, align and tune-lm take minutes on a large set. ``disable`` None: shown only on a terminal,
+    so logs and pipes stay clean; ``leave``: keep the finished bar."""
+    with tqdm(total=total_cuts, desc=desc, unit="utt", disable=disable, leave=leave, file=file) as bar:
+        for batch in batches:
+            yield batch
+            bar.update(len(batch["cut_ids"]))

@@ -19,7 +19,7 @@ from lhotse import CutSet
 from torch import Tensor
 
 from imputer_asr.config import DataConfig
-from imputer_asr.dataset import make_loader
+from imputer_asr.dataset import make_loader, with_progress
 from imputer_asr.model import ImputerModel
 from imputer_asr.tokenizer import Tokenizer
 
@@ -79,7 +79,7 @@ def decode_cuts(
     hyps: list[Hypothesis] = []
     elapsed = 0.0
     device = next(model.parameters()).device
-    for batch in loader:
+    for batch in with_progress(loader, len(cuts), "decode"):
         start = time.perf_counter()
         log_probs, lengths = model(batch["features"].to(device), batch["feature_lengths"].to(device))
         ids = ctc_greedy_search(log_probs, lengths, tokenizer.blank_id)

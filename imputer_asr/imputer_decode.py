@@ -41,7 +41,7 @@ from lhotse import CutSet
 from torch import Tensor
 
 from imputer_asr.config import DataConfig
-from imputer_asr.dataset import make_loader
+from imputer_asr.dataset import make_loader, with_progress
 from imputer_asr.decode import Hypothesis, batch_hypotheses, collapse_alignment
 from imputer_asr.model import ImputerModel, padding_mask
 from imputer_asr.tokenizer import Tokenizer
@@ -355,7 +355,7 @@ def decode_cuts_imputer(
     loader = make_loader(cuts, tokenizer, DataConfig(max_duration=max_duration), train=False)
     hyps: list[Hypothesis] = []
     elapsed, evaluations, batches, utterance_evaluations = 0.0, 0, 0, 0
-    for batch in loader:
+    for batch in with_progress(loader, len(cuts), f"decode, K={steps}"):
         features = batch["features"].to(device)
         lengths = batch["feature_lengths"].to(device)
         start = time.perf_counter()

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from imputer_asr.alignment import forced_align, min_alignment_length
 from imputer_asr.config import DataConfig
-from imputer_asr.dataset import ALIGNMENT_FIELD, make_loader
+from imputer_asr.dataset import ALIGNMENT_FIELD, make_loader, with_progress
 from imputer_asr.losses import ctc_loss, imputer_loss
 from imputer_asr.masking import block_mask
 from imputer_asr.model import ImputerModel, subsampled_lengths
@@ -317,7 +317,7 @@ def align_cuts(
     device = next(model.parameters()).device
     loader = make_loader(cuts, tokenizer, DataConfig(max_duration=max_duration), train=False)
     aligned: dict[str, list[int]] = {}
-    for batch in loader:
+    for batch in with_progress(loader, len(cuts), "align"):
         log_probs, lengths = model(batch["features"].to(device), batch["feature_lengths"].to(device))
         alignment, feasible = _align_feasible(
             log_probs, lengths, batch["targets"], batch["target_lengths"], model.cfg.blank_id

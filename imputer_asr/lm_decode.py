@@ -39,7 +39,7 @@ from lhotse import CutSet
 from torch import Tensor
 
 from imputer_asr.config import DataConfig
-from imputer_asr.dataset import make_loader
+from imputer_asr.dataset import make_loader, with_progress
 from imputer_asr.decode import Hypothesis
 from imputer_asr.imputer_decode import imputer_emissions
 from imputer_asr.lm import UNK
@@ -179,7 +179,8 @@ def compute_emissions(
     model.eval()
     device = next(model.parameters()).device
     out = Emissions([], [], [], [], 0.0, steps=steps)
-    for batch in make_loader(cuts, tokenizer, DataConfig(max_duration=max_duration), train=False):
+    loader = make_loader(cuts, tokenizer, DataConfig(max_duration=max_duration), train=False)
+    for batch in with_progress(loader, len(cuts), "network"):
         start = time.perf_counter()
         features, feature_lengths = batch["features"].to(device), batch["feature_lengths"].to(device)
         log_probs, lengths = imputer_emissions(model, features, feature_lengths, steps, block_size)

@@ -116,3 +116,17 @@ def test_greedy_alignment_checks_shapes() -> None:
         greedy_alignment(torch.randn(2, 4, 3), torch.tensor([4]))
     with pytest.raises(ValueError):
         greedy_alignment(torch.randn(2, 4, 3), torch.tensor([[4, 4]]))
+
+
+def test_with_progress_passes_batches_through_and_counts_cuts():
+    import io
+
+    from imputer_asr.dataset import with_progress
+
+    out = io.StringIO()
+    batches = [{"cut_ids": ["a", "b"]}, {"cut_ids": ["c"]}]
+    assert list(with_progress(iter(batches), 3, "decode", disable=False, file=out, leave=True)) == batches
+    assert "decode" in out.getvalue() and "3/3" in out.getvalue()
+    quiet = io.StringIO()
+    assert list(with_progress(iter(batches), 3, "decode", file=quiet)) == batches
+    assert quiet.getvalue() == ""  # not a terminal: no bar
