@@ -81,12 +81,12 @@ def epoch_checkpoints(exp_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def step_checkpoints(exp_dir: Path) -> list[Path]:
-    """Mid-epoch ``checkpoint-<step>.pt`` files of an experiment, by update."""
+def step_checkpoints(exp_dir: Path, after: int = -1) -> list[Path]:
+    """Mid-epoch ``checkpoint-<step>.pt`` files of an experiment taken after update ``after``, by update."""
     found = [
         (int(m.group(1)), p) for p in Path(exp_dir).glob("checkpoint-*.pt") if (m := _STEP.search(p.name))
     ]
-    return [p for _, p in sorted(found)]
+    return [p for step, p in sorted(found) if step > after]
 
 
 def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:

@@ -294,7 +294,6 @@ def _add_decode(sub) -> None:
 
 
 def _run_decode(args) -> None:
-
     from imputer_asr.checkpoint import load_packaged
     from imputer_asr.decode import decode_cuts
 
@@ -391,7 +390,6 @@ def _add_align(sub) -> None:
 
 
 def _run_align(args) -> None:
-
     from imputer_asr.checkpoint import load_packaged
     from imputer_asr.imputer_train import align_cuts, sample_hours
 
@@ -527,7 +525,6 @@ def _add_decode_imputer(sub) -> None:
 
 
 def _run_decode_imputer(args) -> None:
-
     from imputer_asr.checkpoint import load_packaged
     from imputer_asr.imputer_decode import decode_cuts_imputer
 
@@ -651,7 +648,6 @@ def _add_show_imputation(sub) -> None:
 
 
 def _run_show_imputation(args) -> None:
-
     from imputer_asr.report import show_imputation
 
     _apply_runtime(args)
@@ -698,7 +694,6 @@ def _add_probe(sub) -> None:
 
 
 def _run_probe(args) -> None:
-
     from imputer_asr.checkpoint import load_packaged
     from imputer_asr.probe import check_probe_arguments, format_probe, probe_cuts
     from imputer_asr.scoring import write_text_atomic

@@ -186,7 +186,6 @@ def add_tune_lm(sub) -> None:
 
 
 def run_tune_lm(args) -> None:
-
     from imputer_asr.checkpoint import load_packaged
     from imputer_asr.cli import _load_cuts
     from imputer_asr.lm_decode import compute_emissions, tune

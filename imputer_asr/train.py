@@ -349,7 +349,7 @@ def _resume_candidates(exp_dir: Path) -> list[Path]:
             last_step = load_file(epochs[-1])["clock"]["step"]
         except (ValueError, KeyError):
             last_step = -1  # reported when the loop below reaches it
-        steps = [p for p in steps if int(p.stem.split("-")[1]) > last_step]
+        steps = step_checkpoints(exp_dir, after=last_step)
     return steps[::-1] + epochs[::-1]
 
 
