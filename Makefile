@@ -6,8 +6,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-SYSTEM_TOOLS := espeak-ng flite sox
-APT_PACKAGES := espeak-ng flite sox fortunes
+SYSTEM_TOOLS := espeak-ng flite text2wave sox
+FESTIVAL_VOICES := kal_diphone ked_diphone cmu_us_slt_arctic_hts
+APT_PACKAGES := espeak-ng flite sox fortunes festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
 
 .PHONY: install system-deps demo test test-all lint format bench help
 
@@ -32,8 +33,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-system-deps: ## espeak-ng, flite, sox and fortunes for the synthetic corpus
+system-deps: ## espeak-ng, flite, festival and its English voices, sox and fortunes for the synthetic corpus
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	for v in $(FESTIVAL_VOICES); do compgen -G "/usr/share/festival/voices/*/$$v" >/dev/null || missing="$$missing $$v"; done; \
 	test -d /usr/share/games/fortunes || missing="$$missing fortunes"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

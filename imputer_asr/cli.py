@@ -27,11 +27,20 @@ class _UsageError(ValueError):
 
 
 def _add_synth_corpus(sub) -> None:
+    from imputer_asr.synth.voices import ENGINES
+
     p = sub.add_parser("synth-corpus", help="render the offline synthetic corpus (LibriSpeech layout)")
     p.add_argument("--out-dir", type=Path, required=True)
     for part, utts, spk in (("train", 4000, 200), ("dev", 300, 20), ("test", 300, 20)):
         p.add_argument(f"--{part}-utts", type=int, default=utts)
         p.add_argument(f"--{part}-speakers", type=int, default=spk)
+    p.add_argument(
+        "--heldout-engine",
+        choices=ENGINES,
+        help="leave this engine out of train/dev/test and render a part dev-ENGINE read by it alone "
+        "(--dev-utts sentences, --heldout-speakers speakers), for cross-engine tuning",
+    )
+    p.add_argument("--heldout-speakers", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=2)
     p.set_defaults(func=_run_synth_corpus)
@@ -39,15 +48,19 @@ def _add_synth_corpus(sub) -> None:
 
 def _run_synth_corpus(args) -> None:
     from imputer_asr.synth import render_corpus
+    from imputer_asr.synth.voices import ENGINES
 
     parts = ("train", "dev", "test")
-    render_corpus(
-        args.out_dir,
-        num_utts={p: getattr(args, f"{p}_utts") for p in parts},
-        num_speakers={p: getattr(args, f"{p}_speakers") for p in parts},
-        seed=args.seed,
-        num_jobs=args.jobs,
-    )
+    num_utts = {p: getattr(args, f"{p}_utts") for p in parts}
+    num_speakers = {p: getattr(args, f"{p}_speakers") for p in parts}
+    engines = None
+    if args.heldout_engine:
+        heard = [e for e in ENGINES if e != args.heldout_engine]
+        engines = {p: heard for p in parts}
+        heldout = f"dev-{args.heldout_engine}"
+        num_utts[heldout], num_speakers[heldout] = args.dev_utts, args.heldout_speakers
+        engines[heldout] = [args.heldout_engine]
+    render_corpus(args.out_dir, num_utts, num_speakers, seed=args.seed, num_jobs=args.jobs, engines=engines)
 
 
 def _add_download(sub) -> None:
@@ -119,12 +132,14 @@ def _run_bpe(args) -> None:
 
 
 def _add_fbank(sub) -> None:
+    from imputer_asr.augment import EFFECTS
+
     p = sub.add_parser("fbank", help="compute and store fbank features (optionally augmented)")
     p.add_argument("--manifest-dir", type=Path, required=True)
     p.add_argument("--out-dir", type=Path, required=True)
     p.add_argument("--bpe", type=Path, required=True, help="tokenizer, to filter unalignable cuts")
     p.add_argument("--part", nargs="+", required=True, help="one or more parts, each with these options")
-    p.add_argument("--augment", action="store_true", help="add speed-perturbed copies and noise")
+    p.add_argument("--augment", action="store_true", help="add speed-perturbed copies and apply --effects")
     p.add_argument(
         "--speeds",
         type=float,
@@ -132,7 +147,16 @@ def _add_fbank(sub) -> None:
         default=[0.9, 1.1],
         help="speed factors of the copies (none: no copies)",
     )
-    p.add_argument("--noise-prob", type=float, default=0.5)
+    p.add_argument(
+        "--effects",
+        nargs="*",
+        choices=EFFECTS,
+        default=["noise"],
+        help="waveform effects drawn per cut, each at its rate in imputer_asr.augment.ChannelAugment",
+    )
+    p.add_argument(
+        "--noise-prob", type=float, default=None, help="the noise effect's rate (default: ChannelAugment's)"
+    )
     p.add_argument("--max-duration", type=float, default=30.0, help="drop longer cuts (seconds)")
     p.add_argument("--jobs", type=int, default=2)
     p.set_defaults(func=_run_fbank)
@@ -141,10 +165,16 @@ def _add_fbank(sub) -> None:
 def _run_fbank(args) -> None:
     import torch
 
+    from imputer_asr.augment import ChannelAugment
     from imputer_asr.config import FeatureConfig
-    from imputer_asr.prepare import NoiseAugment, compute_fbank
+    from imputer_asr.prepare import compute_fbank
     from imputer_asr.tokenizer import Tokenizer
 
+    noise_rate = {} if args.noise_prob is None else {"noise_prob": args.noise_prob}
+    try:
+        effects = ChannelAugment.only(args.effects, **noise_rate)
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
     if args.jobs > 1:
         torch.set_num_threads(1)  # lhotse's worker pool can hang with multi-threaded torch
     tokenizer = Tokenizer.from_file(args.bpe)
@@ -157,7 +187,7 @@ def _run_fbank(args) -> None:
             FeatureConfig(),
             augment=args.augment,
             speeds=args.speeds,
-            noise=NoiseAugment(prob=args.noise_prob) if args.noise_prob > 0 else None,
+            effects=effects,
             max_duration=args.max_duration,
             num_jobs=args.jobs,
         )
@@ -356,6 +386,37 @@ def _run_score(args) -> None:
     report = score([(r["cut_id"], r["ref"], r["hyp"]) for r in rows])
     write_report(report, args.out_dir, args.name)
     print(f"{args.name}: {format_summary(report)}")
+
+
+def _add_peer_pocketsphinx(sub) -> None:
+    p = sub.add_parser(
+        "peer-pocketsphinx",
+        help="decode a cuts manifest with pocketsphinx's default US English model, a peer for the WER tables",
+    )
+    p.add_argument("--cuts", type=Path, required=True, help="cuts manifest whose cuts have their audio")
+    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--name", required=True, help="e.g. test-pocketsphinx; names the output files")
+    p.set_defaults(func=_run_peer_pocketsphinx, threads=1)  # pocketsphinx decodes on one thread
+
+
+def _run_peer_pocketsphinx(args) -> None:
+    from importlib.metadata import version
+
+    from imputer_asr.peer import decode_pocketsphinx
+
+    cuts = _load_cuts(args.cuts)
+    try:
+        hyps, seconds = decode_pocketsphinx(cuts)
+    except ValueError as exc:
+        raise ValueError(f"{args.cuts}: {exc}") from None
+    timing = _write_decoding(args, hyps, seconds, recognizer=f"pocketsphinx {version('pocketsphinx')}")
+    log.info(
+        "decoded %d utterances (%.0f s of audio) in %.1f s, RTF %.4f",
+        len(hyps),
+        timing["audio_seconds"],
+        seconds,
+        timing["rtf"],
+    )
 
 
 def _add_plot(sub) -> None:
@@ -858,6 +919,7 @@ USER_COMMANDS = (
     "decode",
     "decode-imputer",
     "score",
+    "peer-pocketsphinx",
     "probe",
     "package",
     "train",
@@ -901,6 +963,7 @@ def build_parser() -> argparse.ArgumentParser:
         lm_cli.add_lm,
         lm_cli.add_tune_lm,
         _add_score,
+        _add_peer_pocketsphinx,
         _add_plot,
         _add_align,
         _add_train_imputer,

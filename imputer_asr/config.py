@@ -59,6 +59,9 @@ class ModelConfig:
 
     ``token_scale`` multiplies the alignment tokens' learned contribution (zero for [MASK] and at
     initialisation) before it is added to the acoustic frames; see :class:`imputer_asr.model.ImputerModel`.
+
+    ``utterance_cmn`` subtracts each utterance's mean feature vector before the global
+    normalisation: a log-mel offset is a voice's or a channel's fixed spectral colour, not speech.
     """
 
     vocab_size: int = 0
@@ -76,6 +79,7 @@ class ModelConfig:
     interctc_layer: int = 0
     interctc_weight: float = 0.3
     token_scale: float = 100.0
+    utterance_cmn: bool = False
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,14 @@ from torch import Tensor, nn
 
 from imputer_asr.config import ModelConfig
 
-__all__ = ["ImputerModel", "subsampled_lengths", "padding_mask", "SUBSAMPLING", "MIN_INPUT_FRAMES"]
+__all__ = [
+    "ImputerModel",
+    "subsampled_lengths",
+    "padding_mask",
+    "utterance_means",
+    "SUBSAMPLING",
+    "MIN_INPUT_FRAMES",
+]
 
 SUBSAMPLING = 4
 """Input frames per encoder frame (two stride-2 convolutions): 10 ms fbank -> 40 ms encoder frames."""
@@ -46,6 +53,12 @@ MIN_INPUT_FRAMES = 7
 def subsampled_lengths(lengths: Tensor) -> Tensor:
     """Number of encoder frames for ``lengths`` fbank frames (two unpadded stride-2 3x3 convs)."""
     return ((lengths - 1) // 2 - 1) // 2
+
+
+def utterance_means(features: Tensor, lengths: Tensor) -> Tensor:
+    """(N, 1, F) mean feature vector of each utterance over its ``lengths`` frames (padding excluded)."""
+    valid = ~padding_mask(lengths, features.size(1))
+    return (features * valid[..., None]).sum(1, keepdim=True) / lengths[:, None, None].to(features.dtype)
 
 
 def padding_mask(lengths: Tensor, max_len: int) -> Tensor:
@@ -237,6 +250,8 @@ class ImputerModel(nn.Module):
             raise ValueError(
                 f"lengths must be in [{MIN_INPUT_FRAMES}, {features.size(1)}], got {feature_lengths.tolist()}"
             )
+        if self.cfg.utterance_cmn:
+            features = features - utterance_means(features, feature_lengths)
         features = (features - self.feature_mean) / self.feature_std
         x, lengths = self.subsampling(features, feature_lengths)
         bottom = self.blocks[: self.cfg.inject_layer]

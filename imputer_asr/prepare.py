@@ -2,28 +2,26 @@
 
 Every step is idempotent: its outputs are written under temporary names and renamed into place, and a
 step whose outputs exist is skipped. Training cuts can be augmented while their features are computed
-(speed perturbation 0.9/1.1 and additive coloured noise at a random SNR), so the augmented copies are
-stored once. Cuts that CTC cannot align after 4x subsampling, or that are too long, are dropped here
-with a logged count, so nothing fails later because of them.
+(speed-perturbed copies, and a random chain of effects per waveform: :mod:`imputer_asr.augment`), so
+the augmented copies are stored once. Cuts that CTC cannot align after 4x subsampling, or that are too
+long, are dropped here with a logged count, so nothing fails later because of them.
 """
 
 from __future__ import annotations
 
 import logging
 import tarfile
-import zlib
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from lhotse import CutSet, Fbank, FbankConfig, LilcomChunkyWriter
 from lhotse.recipes import download_librispeech, prepare_librispeech
 from lhotse.recipes.librispeech import LIBRISPEECH
 from lhotse.utils import compute_num_frames
 
+from imputer_asr.augment import ChannelAugment
 from imputer_asr.config import FeatureConfig
 from imputer_asr.tokenizer import Tokenizer
 
@@ -35,7 +33,6 @@ __all__ = [
     "manifest_texts",
     "ctc_feasible",
     "filter_cuts",
-    "NoiseAugment",
     "fbank_extractor",
     "compute_fbank",
 ]
@@ -174,39 +171,6 @@ def filter_cuts(cuts: CutSet, tokenizer: Tokenizer, features: FeatureConfig, max
     return CutSet.from_cuts(kept)
 
 
-@dataclass(frozen=True)
-class NoiseAugment:
-    """Add white, pink or brown noise at an SNR drawn uniformly in [min_snr, max_snr] dB.
-
-    Applied to a fraction ``prob`` of the waveforms. The random draw is seeded from the waveform
-    itself, so recomputing features gives the same result. Picklable, for lhotse's worker pools.
-    """
-
-    prob: float = 0.5
-    min_snr: float = 5.0
-    max_snr: float = 30.0
-    seed: int = 0
-
-    def __call__(self, samples: np.ndarray, sampling_rate: int) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, zlib.crc32(samples.tobytes())])
-        if rng.random() >= self.prob:
-            return samples
-        noise = _coloured_noise(samples.shape[-1], rng.choice([0.0, 1.0, 2.0]), rng)
-        snr_db = rng.uniform(self.min_snr, self.max_snr)
-        signal_power = float(np.mean(samples**2)) + 1e-12
-        scale = np.sqrt(signal_power / (10 ** (snr_db / 10)) / (np.mean(noise**2) + 1e-12))
-        return (samples + scale * noise).astype(samples.dtype)
-
-
-def _coloured_noise(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
-    """Noise with power spectral density 1/f**exponent (0 white, 1 pink, 2 brown)."""
-    size = 1 << max(n - 1, 1).bit_length()  # a power of two: FFTs of odd lengths are slow
-    spectrum = np.fft.rfft(rng.standard_normal(size))
-    freqs = np.maximum(np.fft.rfftfreq(size), 1.0 / size)
-    noise = np.fft.irfft(spectrum / freqs ** (exponent / 2), size)[:n]
-    return (noise / (np.std(noise) + 1e-12)).astype(np.float32)
-
-
 def fbank_extractor(features: FeatureConfig) -> Fbank:
     """The log-mel front end: training features and transcription both come from this one."""
     return Fbank(
@@ -232,14 +196,15 @@ def compute_fbank(
     *,
     augment: bool = False,
     speeds: Sequence[float] = (0.9, 1.1),
-    noise: NoiseAugment | None = None,
+    effects: ChannelAugment | None = None,
     max_duration: float = 30.0,
     num_jobs: int = 2,
 ) -> Path:
     """Compute and store 80-dim fbank for one part; returns the path of its cuts with features.
 
-    With ``augment``, speed-perturbed copies (``speeds``; empty for none) are added and ``noise``
-    is mixed into a fraction of the waveforms, originals and copies, before their features are computed.
+    With ``augment``, speed-perturbed copies (``speeds``; empty for none) are added and every
+    waveform, original or copy, goes through ``effects`` (:mod:`~imputer_asr.augment`) before its
+    features are computed.
     """
     output_dir = Path(output_dir)
     out = output_dir / f"cuts_{part}_fbank.jsonl.gz"
@@ -263,7 +228,7 @@ def compute_fbank(
             extractor=extractor,
             storage_path=output_dir / f"feats_{part}",
             num_jobs=num_jobs,
-            augment_fn=noise if augment else None,
+            augment_fn=effects if augment else None,
             storage_type=LilcomChunkyWriter,
             executor=executor,
         )

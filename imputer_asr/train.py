@@ -291,9 +291,9 @@ def validate(
     return {"loss": total / max(tokens, 1), "wer": report.wer, "cer": report.cer}
 
 
-def feature_stats(cuts: CutSet, max_cuts: int = 500) -> tuple[Tensor, Tensor]:
+def feature_stats(cuts: CutSet, max_cuts: int = 500, utterance_cmn: bool = False) -> tuple[Tensor, Tensor]:
     """Mean and standard deviation per feature dimension over (up to) ``max_cuts`` cuts spread evenly
-    through ``cuts``."""
+    through ``cuts``; with ``utterance_cmn``, of each cut's features less their mean."""
     total, total_sq, frames = None, None, 0
     stride = max(1, len(cuts) // max_cuts)
     for i, cut in enumerate(cuts):
@@ -303,6 +303,8 @@ def feature_stats(cuts: CutSet, max_cuts: int = 500) -> tuple[Tensor, Tensor]:
             feats = torch.from_numpy(cut.load_features()).double()
         except Exception:  # unreadable features: the training loader names the cut and leaves it out
             continue
+        if utterance_cmn:
+            feats = feats - feats.mean(0)
         total = feats.sum(0) if total is None else total + feats.sum(0)
         total_sq = (feats**2).sum(0) if total_sq is None else total_sq + (feats**2).sum(0)
         frames += feats.size(0)
@@ -386,7 +388,7 @@ def _build_model(
     if init_weights is not None:
         model.load_state_dict(init_weights)
     else:
-        model.set_feature_stats(*feature_stats(train_cuts))
+        model.set_feature_stats(*feature_stats(train_cuts, utterance_cmn=model.cfg.utterance_cmn))
     log.info("model: %.2fM parameters", model.num_parameters() / 1e6)
     return model.to(device)
 

@@ -6,7 +6,6 @@ are skipped with a clear reason when those tools are missing.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,8 +82,10 @@ def small_model_config():
 
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory) -> TinyCorpus:
-    if not (shutil.which("espeak-ng") and shutil.which("sox") and shutil.which("flite")):
-        pytest.skip("espeak-ng, flite and sox are needed (apt-get install espeak-ng flite sox fortunes)")
+    from imputer_asr.synth.voices import INSTALL_HINT, missing_tools
+
+    if missing_tools():
+        pytest.skip(INSTALL_HINT)
     from imputer_asr.synth import render_corpus
 
     root = tmp_path_factory.mktemp("tiny")

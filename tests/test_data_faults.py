@@ -160,8 +160,10 @@ def _corpus_files(root: Path) -> dict[str, bytes]:
 def test_corpus_rendering_killed_part_way_is_finished_by_the_rerun_as_a_clean_run_writes_it(
     tmp_path, fault_tally
 ):
-    if subprocess.run(["which", "espeak-ng", "flite", "sox"], capture_output=True).returncode:
-        pytest.skip("espeak-ng, flite and sox are needed")
+    from imputer_asr.synth.voices import INSTALL_HINT, missing_tools
+
+    if missing_tools():
+        pytest.skip(INSTALL_HINT)
     sizes = ["--train-utts", "40", "--dev-utts", "4", "--test-utts", "4", "--train-speakers", "4"]
     sizes += ["--dev-speakers", "1", "--test-speakers", "1", "--seed", "3", "--jobs", "2"]
     clean, killed = tmp_path / "clean", tmp_path / "killed"

@@ -65,8 +65,10 @@ def test_torchrun_launch_with_nproc():
 
 @pytest.fixture(scope="module")
 def tiny_librispeech(tmp_path_factory) -> Path:
-    if not (shutil.which("espeak-ng") and shutil.which("sox") and shutil.which("flite")):
-        pytest.skip("espeak-ng, flite and sox are needed (apt-get install espeak-ng flite sox fortunes)")
+    from imputer_asr.synth.voices import INSTALL_HINT, missing_tools
+
+    if missing_tools():
+        pytest.skip(INSTALL_HINT)
     from imputer_asr.synth import render_corpus
 
     corpus = tmp_path_factory.mktemp("tiny-librispeech") / "LibriSpeech"

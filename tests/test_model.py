@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from imputer_asr.config import ModelConfig
-from imputer_asr.model import ImputerModel, padding_mask, subsampled_lengths
+from imputer_asr.model import ImputerModel, padding_mask, subsampled_lengths, utterance_means
 
 VOCAB = 9
 FEAT = 20
@@ -108,6 +108,25 @@ def test_padding_invariance(inject_layer: int, with_tokens: bool) -> None:
             alone, alone_lengths = model(u[None], torch.tensor([len(u)]), alone_tokens)
             assert alone_lengths.item() == batched_lengths[i].item() == alone.shape[1]
             torch.testing.assert_close(batched[i, : t[i]], alone[0], atol=1e-5, rtol=0)
+
+
+def test_utterance_cmn_ignores_a_fixed_spectral_colour_and_the_padding() -> None:
+    utts, batch, lengths = _ragged_batch(seed=2)
+    means = utterance_means(batch, lengths)
+    for i, u in enumerate(utts):
+        torch.testing.assert_close(means[i, 0], u.mean(0))
+    colour = 3.0 * torch.randn(len(utts), 1, FEAT, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        on = _model(utterance_cmn=True).eval()
+        torch.testing.assert_close(on(batch + colour, lengths)[0], on(batch, lengths)[0], atol=1e-4, rtol=0)
+        batched = on(batch, lengths)[0]
+        t = subsampled_lengths(lengths)
+        for i, u in enumerate(utts):
+            torch.testing.assert_close(
+                batched[i, : t[i]], on(u[None], torch.tensor([len(u)]))[0][0], atol=1e-5, rtol=0
+            )
+        off = _model(utterance_cmn=False).eval()
+        assert (off(batch + colour, lengths)[0] - off(batch, lengths)[0]).abs().max() > 0.1
 
 
 def test_padding_invariance_of_acoustic_states() -> None:

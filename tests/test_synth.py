@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +30,7 @@ from imputer_asr.synth.plan import cached_prompts, plan_corpus
 from imputer_asr.synth.text import FORTUNE_DIR
 from imputer_asr.synth.voices import INSTALL_HINT
 
-HAVE_TOOLS = all(shutil.which(tool) for tool in ("espeak-ng", "flite", "sox"))
+HAVE_TOOLS = not voices_module.missing_tools()
 needs_tools = pytest.mark.skipif(not HAVE_TOOLS, reason=INSTALL_HINT)
 needs_fortunes = pytest.mark.skipif(not FORTUNE_DIR.is_dir(), reason="apt-get install -y fortunes")
 
@@ -217,31 +216,84 @@ def test_speaker_commands() -> None:
         "--setf", "int_f0_target_mean=180", "-t", "hi.", "-o", "b.wav",
     ]  # fmt: skip
     assert Speaker(103, "flite", "rms", None, 1.0, 200).sox_effects() == ["pitch", "1200"]
+    festival = Speaker(104, "festival", "kal_diphone", None, 1.1, -250)
+    assert festival.command("hi.", Path("c.wav")) == [
+        "text2wave",
+        "-eval",
+        "(voice_kal_diphone)",
+        "-o",
+        "c.wav",
+    ]
+    assert festival.stdin("hi.") == b"hi." and espeak.stdin("hi.") is None
+    assert festival.sox_effects() == ["tempo", "-s", "1.1", "pitch", "-250"]
+    assert Speaker(105, "festival", "ked_diphone", None, 1, 0).sox_effects() == []
     with pytest.raises(ValueError, match="unknown engine"):
-        Speaker(104, "festival", "x", None, 1, 1).command("hi.", Path("c.wav"))
+        Speaker(104, "pico", "x", None, 1, 1).command("hi.", Path("c.wav"))
 
 
 def test_missing_tools_fail_fast(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(voices_module.shutil, "which", lambda tool: None)
     with pytest.raises(RuntimeError, match=re.escape(INSTALL_HINT)):
         voices_module.require_tools()
-    with pytest.raises(RuntimeError, match="missing espeak-ng flite sox"):
+    with pytest.raises(RuntimeError, match="missing espeak-ng flite text2wave festival sox"):
         render_corpus(tmp_path / "corpus", TINY_UTTS, TINY_SPEAKERS)
 
 
 @needs_tools
 def test_sample_speakers_are_distinct_and_deterministic() -> None:
     timbres = list_timbres()
-    assert {t.engine for t in timbres} == {"espeak-ng", "flite"}
-    assert not any(t.voice.startswith("mb-") or t.voice == "awb_time" for t in timbres)
+    assert {t.engine for t in timbres} == {"espeak-ng", "festival", "flite"}
+    assert not any(t.voice.startswith("mb-") or "mbrola" in t.voice or t.voice == "awb_time" for t in timbres)
     speakers = sample_speakers(50, seed=3)
     assert speakers == sample_speakers(50, seed=3)
     assert speakers != sample_speakers(50, seed=4)
     assert [s.speaker_id for s in speakers] == list(range(100, 150))
     assert len({s.timbre for s in speakers}) == 50
-    assert {s.engine for s in speakers} == {"espeak-ng", "flite"}
+    assert {s.engine for s in speakers} == {"espeak-ng", "festival", "flite"}
     more = sample_speakers(len(timbres) + 5, seed=0)
     assert len({(s.timbre, s.rate, s.pitch) for s in more}) == len(more)
+
+
+@needs_tools
+def test_engines_restrict_the_draw_and_an_absent_engine_changes_nothing_else(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    heard = ["espeak-ng", "flite"]
+    speakers = sample_speakers(40, seed=2, engines=heard)
+    assert {s.engine for s in speakers} == set(heard)
+    assert {s.engine for s in sample_speakers(5, seed=2, engines=["festival"])} == {"festival"}
+    # the same draw on a machine without festival: weights are relative, so nothing moves
+    without = tuple(t for t in list_timbres() if t.engine != "festival")
+    monkeypatch.setattr(voices_module, "list_timbres", lambda: without)
+    assert sample_speakers(40, seed=2) == speakers
+    with pytest.raises(ValueError, match="unknown engine.*pico"):
+        sample_speakers(3, seed=0, engines=["pico"])
+
+
+@needs_tools
+@needs_fortunes
+def test_a_heldout_engine_part_leaves_the_other_parts_unchanged() -> None:
+    heard = {p: ["espeak-ng", "flite"] for p in PARTS}
+    sizes = {"train": 30, "dev": 6, "test": 6}
+    voices = {"train": 6, "dev": 2, "test": 2}
+    base = plan_corpus(sizes, voices, seed=1, engines=heard)
+    plan = plan_corpus(
+        {**sizes, "dev-festival": 6},
+        {**voices, "dev-festival": 3},
+        seed=1,
+        engines={**heard, "dev-festival": ["festival"]},
+    )
+    assert [u for u in plan if u.part != "dev-festival"] == base
+    heldout = [u for u in plan if u.part == "dev-festival"]
+    assert len(heldout) == 6 and {u.speaker.engine for u in heldout} == {"festival"}
+    assert not {u.prompt for u in heldout} & {u.prompt for u in base}
+    assert not {u.speaker.speaker_id for u in heldout} & {u.speaker.speaker_id for u in base}
+    with pytest.raises(ValueError, match="share flite"):
+        plan_corpus(
+            sizes, voices, engines={"train": ["flite"], "dev": ["flite", "festival"], "test": ["flite"]}
+        )
+    with pytest.raises(ValueError, match="every part must"):
+        plan_corpus(sizes, voices, engines={"dev": ["festival"]})
 
 
 @needs_tools
@@ -252,6 +304,8 @@ def test_sample_speakers_are_distinct_and_deterministic() -> None:
         Speaker(2, "espeak-ng", "en-029", "klatt4", 200, 30),
         Speaker(3, "flite", "kal", None, 1.1, 120),
         Speaker(4, "flite", "rms", None, 0.9, 130),
+        Speaker(5, "festival", "kal_diphone", None, 1.2, -200),
+        Speaker(6, "festival", "cmu_us_slt_arctic_hts", None, 0.85, 150),
     ],
 )
 def test_synthesize_writes_16k_mono_flac(speaker: Speaker, tmp_path: Path) -> None:

@@ -7,6 +7,12 @@ is computed before any audio is rendered, so that a rerun renders the same files
   the seeded shuffle of all sentences, and the next disjoint group of speakers. Speakers are
   drawn with distinct timbres (see :func:`~imputer_asr.synth.voices.sample_speakers`), so no
   voice is heard in two parts unless more speakers are asked for than there are timbres.
+- ``engines`` may give parts their own engines, e.g. ``{"dev-festival": ["festival"]}`` beside
+  ``{"train": ["espeak-ng", "flite"], ...}`` for a dev split read by an engine that training
+  never heard. Parts with the same engines draw their speakers together; different engine sets
+  must not overlap, so a held-out engine's voices stay out of every other part. Groups are
+  planned in order of their first part, each taking the sentences after the previous group's,
+  so adding a held-out part leaves the others' plan unchanged.
 - Speaker ids are ``100, 101, ...`` in part order; a part's utterances are dealt to its speakers
   as evenly as possible (counts differ by at most one).
 - A speaker reads one chapter per ``CHAPTER_SIZE`` utterances or fewer; chapter ids are
@@ -99,15 +105,42 @@ def _speaker_utterances(part: str, speaker: Speaker, prompts: Sequence[Prompt]) 
     return utterances
 
 
+def _engine_groups(
+    parts: Sequence[str], engines: Mapping[str, Sequence[str]] | None
+) -> list[tuple[tuple[str, ...] | None, list[str]]]:
+    """Parts grouped by their engine set (None: every engine), groups in order of first part."""
+    engines = engines or {}
+    unknown = sorted(set(engines) - set(parts))
+    if unknown:
+        raise ValueError(f"engines names part(s) {', '.join(unknown)} that num_utts does not")
+    groups: dict[tuple[str, ...] | None, list[str]] = {}
+    for part in parts:
+        key = tuple(sorted(engines[part])) if part in engines else None
+        groups.setdefault(key, []).append(part)
+    if len(groups) > 1:
+        if None in groups:
+            raise ValueError("when some parts name their engines, every part must")
+        seen: set[str] = set()
+        for key in groups:
+            if seen & set(key):
+                raise ValueError(
+                    f"parts with different engine sets share {', '.join(sorted(seen & set(key)))}"
+                )
+            seen |= set(key)
+    return list(groups.items())
+
+
 def plan_corpus(
     num_utts: Mapping[str, int],
     num_speakers: Mapping[str, int],
     seed: int = 0,
     prompts: Sequence[Prompt] | None = None,
+    engines: Mapping[str, Sequence[str]] | None = None,
 ) -> list[Utterance]:
-    """Every utterance of the corpus, part by part (parts in name order).
+    """Every utterance of the corpus, part by part (parts in name order within an engine group).
 
-    ``prompts`` defaults to every usable fortune sentence (:func:`cached_prompts`).
+    ``prompts`` defaults to every usable fortune sentence (:func:`cached_prompts`); ``engines``
+    maps a part to the engines that read it (default: every engine for every part).
 
     >>> plan = plan_corpus({"train": 5, "test": 2}, {"train": 2, "test": 1})  # doctest: +SKIP
     >>> [u.utt_id for u in plan if u.part == "test"]  # doctest: +SKIP
@@ -115,23 +148,30 @@ def plan_corpus(
     """
     _check_sizes(num_utts, num_speakers)
     prompts = cached_prompts() if prompts is None else prompts
-    parts = sorted(num_utts)
     total_utts = sum(num_utts.values())
     if total_utts > len(prompts):
         raise ValueError(f"{total_utts} utterances asked for, only {len(prompts)} sentences exist")
     rng = random.Random(seed)
     order = list(range(len(prompts)))
     rng.shuffle(order)
-    speakers = sample_speakers(sum(num_speakers.values()), seed)
-    rng.shuffle(speakers)  # spread the engines over the parts
-    speakers = [dataclasses.replace(s, speaker_id=FIRST_SPEAKER_ID + i) for i, s in enumerate(speakers)]
     plan: list[Utterance] = []
-    next_prompt = next_speaker = 0
-    for part in parts:
-        part_speakers = speakers[next_speaker : next_speaker + num_speakers[part]]
-        next_speaker += num_speakers[part]
-        for speaker, count in zip(part_speakers, _deal(num_utts[part], len(part_speakers)), strict=True):
-            chosen = [prompts[i] for i in order[next_prompt : next_prompt + count]]
-            next_prompt += count
-            plan += _speaker_utterances(part, speaker, chosen)
+    next_prompt = 0
+    next_id = FIRST_SPEAKER_ID
+    for group, (group_engines, parts) in enumerate(_engine_groups(sorted(num_utts), engines)):
+        # The first group draws exactly as a corpus without engine groups did.
+        group_seed = seed if group == 0 else seed * 1000 + group
+        speakers = sample_speakers(sum(num_speakers[p] for p in parts), group_seed, engines=group_engines)
+        (rng if group == 0 else random.Random(group_seed)).shuffle(
+            speakers
+        )  # spread the engines over the parts
+        speakers = [dataclasses.replace(s, speaker_id=next_id + i) for i, s in enumerate(speakers)]
+        next_id += len(speakers)
+        next_speaker = 0
+        for part in parts:
+            part_speakers = speakers[next_speaker : next_speaker + num_speakers[part]]
+            next_speaker += num_speakers[part]
+            for speaker, count in zip(part_speakers, _deal(num_utts[part], len(part_speakers)), strict=True):
+                chosen = [prompts[i] for i in order[next_prompt : next_prompt + count]]
+                next_prompt += count
+                plan += _speaker_utterances(part, speaker, chosen)
     return plan

@@ -30,7 +30,7 @@ import os
 import subprocess
 import tempfile
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
@@ -43,7 +43,7 @@ from .voices import Speaker, require_tools
 __all__ = ["SAMPLE_RATE", "render_corpus", "synthesize"]
 
 SAMPLE_RATE = 16000
-PLAN_VERSION = 1
+PLAN_VERSION = 2
 _ATTEMPTS = 2
 _MAX_FAILED_SHARE = 0.05
 _TIMEOUT_S = 120
@@ -69,8 +69,9 @@ def synthesize(speaker: Speaker, spoken: str, flac_path: Path) -> None:
             wav = Path(tmp) / "speech.wav"
             convert = ["sox", "-R", str(wav), "-t", "flac", "-b", "16", "-c", "1", str(partial)]
             convert += speaker.sox_effects() + ["rate", str(SAMPLE_RATE)]
-            for command in (speaker.command(spoken, wav), convert):
-                subprocess.run(command, check=True, capture_output=True, timeout=_TIMEOUT_S)
+            steps = ((speaker.command(spoken, wav), speaker.stdin(spoken)), (convert, None))
+            for command, stdin in steps:
+                subprocess.run(command, input=stdin, check=True, capture_output=True, timeout=_TIMEOUT_S)
         if sf.info(str(partial)).frames == 0:
             raise RuntimeError(f"{speaker.engine} produced no audio for {spoken!r}")
         os.replace(partial, flac_path)
@@ -180,13 +181,15 @@ def render_corpus(
     num_speakers: dict[str, int],
     seed: int = 0,
     num_jobs: int = 2,
+    engines: Mapping[str, Sequence[str]] | None = None,
 ) -> None:
     """Render the corpus planned by :func:`~imputer_asr.synth.plan.plan_corpus` into ``out_dir``.
 
     Keys of ``num_utts`` and ``num_speakers`` are the part names. Parts have disjoint
-    speakers and sentences; the same arguments give the same files. An utterance whose
-    synthesis fails twice is left out with a warning; more than 5% failures raise
-    RuntimeError. Missing espeak-ng, flite or sox raise RuntimeError before any work.
+    speakers and sentences; the same arguments give the same files. ``engines`` maps a part to
+    the engines that read it (default: all; see :func:`~imputer_asr.synth.plan.plan_corpus`).
+    An utterance whose synthesis fails twice is left out with a warning; more than 5% failures
+    raise RuntimeError. A missing engine or sox raises RuntimeError before any work.
 
     >>> render_corpus(Path("corpus"), {"train": 40, "test": 10}, {"train": 4, "test": 2})  # doctest: +SKIP
     >>> sorted(p.name for p in Path("corpus").iterdir())  # doctest: +SKIP
@@ -200,13 +203,14 @@ def render_corpus(
         "num_utts": dict(sorted(num_utts.items())),
         "num_speakers": dict(sorted(num_speakers.items())),
         "seed": seed,
+        "engines": {part: sorted(e) for part, e in sorted((engines or {}).items())},
     }
     sentinel = out_dir / ".completed"
     if sentinel.exists() and json.loads(sentinel.read_text()) == args:
         log.info("%s is complete, nothing to do", out_dir)
         return
     require_tools()
-    plan = plan_corpus(num_utts, num_speakers, seed)
+    plan = plan_corpus(num_utts, num_speakers, seed, engines=engines)
     _claim_out_dir(out_dir, args, plan)
     sentinel.unlink(missing_ok=True)
     failed = _render_missing(plan, out_dir, num_jobs)
@@ -217,7 +221,8 @@ def render_corpus(
     _write_speakers(plan, out_dir)
     stats = _part_stats(plan, out_dir)
     readme = (
-        "Synthetic English read speech: espeak-ng and flite voices reading Debian fortunes, "
+        "Synthetic English read speech: espeak-ng, flite and festival voices reading Debian fortunes "
+        "(engines per part in speakers.tsv), "
         f"in the LibriSpeech layout (imputer_asr.synth.render_corpus, seed {seed}). "
         + "; ".join(_describe(stats))
         + ".\n"

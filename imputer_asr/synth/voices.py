@@ -1,6 +1,6 @@
 """Synthetic speakers: one fixed engine + voice + variant + speaking rate + pitch.
 
-Two engines are used, both discovered at run time:
+Three engines are used, each discovered at run time:
 
 - ``espeak-ng``: every installed English voice that needs no MBROLA (``en-us``, ``en-gb``,
   ``en-gb-scotland``, ``en-gb-x-rp``, ``en-029``, ``en-us-nyc``, ...) crossed with every voice
@@ -10,14 +10,22 @@ Two engines are used, both discovered at run time:
   talking clock ``awb_time``). ``rate`` is a speed factor (``duration_stretch = 1 / rate``),
   ``pitch`` the target mean F0 in Hz (``int_f0_target_mean``). ``rms`` ignores that feature
   (it always speaks at 100 Hz), so its pitch is moved by sox's ``pitch`` effect instead.
+- ``festival``: its installed English voices (Debian: ``kal_diphone``, ``ked_diphone``,
+  ``cmu_us_slt_arctic_hts``, ...), spoken by ``text2wave``. Its HTS voices ignore
+  ``Duration_Stretch``, so both prosody knobs are sox effects after synthesis: ``rate`` is the
+  ``tempo`` factor and ``pitch`` a shift in cents (``pitch``). Voices built on MBROLA are never
+  used: MBROLA is kept for evaluation only.
 
 The espeak-ng variant ``fast`` is left out: it is a developer setting of the synthesiser
 ("unstable", says its file), not a voice. Whispered and robotic variants are kept: they are
 intelligible, and the model should meet voices unlike the ones it trained on.
 
 :func:`sample_speakers` draws speakers with distinct timbres (engine, voice, variant) while
-there are timbres left; flite's few voices get ``FLITE_SHARE`` of the draw so that they are
-not drowned by espeak-ng's hundreds of combinations.
+there are timbres left; each engine gets a share of the draw in proportion to its
+``ENGINE_WEIGHTS``, so that flite's and festival's few voices are not drowned by espeak-ng's
+hundreds of combinations. ``engines`` restricts the draw (leave-one-engine-out experiments);
+weights are relative, so the draw among espeak-ng and flite is the same whether festival is
+installed or not.
 
 >>> speaker = Speaker(7, "espeak-ng", "en-gb", "f3", 150, 60)
 >>> speaker.command("hello world.", Path("out.wav"))
@@ -29,24 +37,34 @@ from __future__ import annotations
 import functools
 import math
 import random
+import re
 import shutil
 import subprocess
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "ENGINES",
+    "ENGINE_WEIGHTS",
     "INSTALL_HINT",
-    "FLITE_SHARE",
     "Timbre",
     "Speaker",
+    "missing_tools",
     "require_tools",
     "list_timbres",
     "sample_speakers",
 ]
 
-INSTALL_HINT = "install espeak-ng flite sox: apt-get install -y espeak-ng flite sox fortunes"
-FLITE_SHARE = 0.2
-TOOLS = ("espeak-ng", "flite", "sox")
+ENGINES = ("espeak-ng", "festival", "flite")
+ENGINE_WEIGHTS = {"espeak-ng": 4.0, "flite": 1.0, "festival": 1.0}
+FESTIVAL_PACKAGES = "festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts"
+INSTALL_HINT = (
+    "install espeak-ng, flite, festival and sox: "
+    f"apt-get install -y espeak-ng flite sox fortunes {FESTIVAL_PACKAGES}"
+)
+TOOLS = ("espeak-ng", "flite", "text2wave", "festival", "sox")
 
 ESPEAK_RATE_WPM = (120, 210)
 ESPEAK_PITCH = (20, 80)
@@ -54,6 +72,10 @@ FLITE_SPEED = (0.8, 1.25)
 # Target mean F0 in Hz per flite voice, around each voice's own register.
 FLITE_F0_HZ = {"slt": (150, 230)}
 FLITE_MALE_F0_HZ = (80, 145)
+FESTIVAL_TEMPO = (0.8, 1.25)
+FESTIVAL_PITCH_CENTS = (-400, 400)
+# Festival voices are named by their database, not their language; these are the English ones.
+_FESTIVAL_ENGLISH = re.compile(r"^((kal|ked|rab|don)_diphone|cmu_(us|uk)_\w+)$")
 # flite voices whose F0 is fixed at this value whatever int_f0_target_mean says.
 _FLITE_FIXED_F0_HZ = {"rms": 100.0}
 _EXCLUDED_ESPEAK_VARIANTS = frozenset({"fast"})
@@ -104,10 +126,19 @@ class Speaker:
                 "-o",
                 str(wav_path),
             ]
-        raise ValueError(f"unknown engine {self.engine!r}; expected 'espeak-ng' or 'flite'")
+        if self.engine == "festival":
+            return ["text2wave", "-eval", f"(voice_{self.voice})", "-o", str(wav_path)]
+        raise ValueError(f"unknown engine {self.engine!r}; expected one of {', '.join(ENGINES)}")
+
+    def stdin(self, text: str) -> bytes | None:
+        """What :meth:`command` reads on its standard input: festival's text, else nothing."""
+        return text.encode() if self.engine == "festival" else None
 
     def sox_effects(self) -> list[str]:
-        """sox effects that finish the voice after synthesis (pitch for fixed-F0 voices)."""
+        """sox effects that finish the voice after synthesis (festival's prosody, fixed-F0 voices' pitch)."""
+        if self.engine == "festival":
+            effects = [] if self.rate == 1 else ["tempo", "-s", str(self.rate)]
+            return effects + ([] if self.pitch == 0 else ["pitch", str(self.pitch)])
         fixed_f0 = _FLITE_FIXED_F0_HZ.get(self.voice) if self.engine == "flite" else None
         if fixed_f0 is None or self.pitch == fixed_f0:
             return []
@@ -115,15 +146,20 @@ class Speaker:
         return ["pitch", str(cents)]
 
 
+def missing_tools(tools: tuple[str, ...] = TOOLS) -> list[str]:
+    """The programs of ``tools`` that are not on PATH."""
+    return [tool for tool in tools if shutil.which(tool) is None]
+
+
 def require_tools(tools: tuple[str, ...] = TOOLS) -> None:
     """Raise RuntimeError naming the missing programs unless all of ``tools`` are on PATH."""
-    missing = [tool for tool in tools if shutil.which(tool) is None]
+    missing = missing_tools(tools)
     if missing:
         raise RuntimeError(f"missing {' '.join(missing)}; {INSTALL_HINT}")
 
 
-def _run(command: list[str]) -> str:
-    result = subprocess.run(command, capture_output=True, text=True, check=True, timeout=60)
+def _run(command: list[str], stdin: str | None = None) -> str:
+    result = subprocess.run(command, input=stdin, capture_output=True, text=True, check=True, timeout=60)
     return result.stdout
 
 
@@ -170,26 +206,33 @@ def _flite_timbres() -> list[Timbre]:
     return [Timbre("flite", voice) for voice in voices]
 
 
+def _festival_timbres() -> list[Timbre]:
+    listing = _run(["festival", "--pipe"], stdin="(print (voice.list))").strip().strip("()").split()
+    voices = sorted(v for v in set(listing) if _FESTIVAL_ENGLISH.match(v) and "mbrola" not in v)
+    if not voices:
+        raise RuntimeError(f"festival lists no English voice; {INSTALL_HINT}")
+    return [Timbre("festival", voice) for voice in voices]
+
+
 @functools.lru_cache(maxsize=1)
 def list_timbres() -> tuple[Timbre, ...]:
-    """Every installed timbre, sorted; raises RuntimeError when a tool is missing."""
+    """Every installed timbre, sorted; raises RuntimeError when a tool or a voice is missing."""
     require_tools()
-    timbres = _espeak_timbres() + _flite_timbres()
+    timbres = _espeak_timbres() + _flite_timbres() + _festival_timbres()
     return tuple(sorted(timbres, key=lambda t: (t.engine, t.voice, t.variant or "")))
 
 
 def _draw_timbres(timbres: tuple[Timbre, ...], n: int, rng: random.Random) -> list[Timbre]:
     """``n`` timbres, distinct while there are enough, by weighted sampling without replacement.
 
-    Each engine gets a share of the probability mass (flite ``FLITE_SHARE``), split evenly
-    among its timbres; Efraimidis-Spirakis keys ``u ** (1 / w)`` give the order of draw.
+    Each engine gets a share of the probability mass in proportion to ``ENGINE_WEIGHTS``, split
+    evenly among its timbres; Efraimidis-Spirakis keys ``u ** (1 / w)`` give the order of draw.
+    Only the ratios of the weights matter, so an engine that is absent changes nothing else.
     """
-    counts = {engine: sum(t.engine == engine for t in timbres) for engine in ("espeak-ng", "flite")}
-    share = {"flite": FLITE_SHARE if counts["espeak-ng"] else 1.0}
-    share["espeak-ng"] = 1.0 - share["flite"] if counts["flite"] else 1.0
+    counts = Counter(t.engine for t in timbres)
     order: list[Timbre] = []
     while len(order) < n:
-        keys = [rng.random() ** (counts[t.engine] / share[t.engine]) for t in timbres]
+        keys = [rng.random() ** (counts[t.engine] / ENGINE_WEIGHTS[t.engine]) for t in timbres]
         order += [t for _, t in sorted(zip(keys, timbres, strict=True), key=lambda kt: -kt[0])]
     return order[:n]
 
@@ -197,14 +240,18 @@ def _draw_timbres(timbres: tuple[Timbre, ...], n: int, rng: random.Random) -> li
 def _draw_prosody(timbre: Timbre, rng: random.Random) -> tuple[int | float, int | float]:
     if timbre.engine == "espeak-ng":
         return rng.randint(*ESPEAK_RATE_WPM), rng.randint(*ESPEAK_PITCH)
+    if timbre.engine == "festival":
+        return round(rng.uniform(*FESTIVAL_TEMPO), 2), rng.randint(*FESTIVAL_PITCH_CENTS)
     speed = round(rng.uniform(*FLITE_SPEED), 2)
     return speed, rng.randint(*FLITE_F0_HZ.get(timbre.voice, FLITE_MALE_F0_HZ))
 
 
-def sample_speakers(n: int, seed: int, first_id: int = 100) -> list[Speaker]:
+def sample_speakers(
+    n: int, seed: int, first_id: int = 100, engines: Sequence[str] | None = None
+) -> list[Speaker]:
     """``n`` distinct speakers with ids ``first_id, first_id + 1, ...``, the same for a seed.
 
-    The draw depends only on ``seed`` and on the installed voices.
+    The draw depends only on ``seed``, ``engines`` (default: all) and the installed voices.
 
     >>> speakers = sample_speakers(3, seed=0)  # doctest: +SKIP
     >>> len({s.timbre for s in speakers})  # doctest: +SKIP
@@ -212,10 +259,16 @@ def sample_speakers(n: int, seed: int, first_id: int = 100) -> list[Speaker]:
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
+    unknown = sorted(set(engines or ()) - set(ENGINES))
+    if unknown:
+        raise ValueError(f"unknown engine(s) {', '.join(unknown)}; expected some of {', '.join(ENGINES)}")
+    timbres = tuple(t for t in list_timbres() if engines is None or t.engine in engines)
+    if not timbres:
+        raise ValueError("engines names no engine")
     rng = random.Random(seed)
     speakers: list[Speaker] = []
     seen: set[tuple[Timbre, int | float, int | float]] = set()
-    for timbre in _draw_timbres(list_timbres(), n, rng):
+    for timbre in _draw_timbres(timbres, n, rng):
         rate, pitch = _draw_prosody(timbre, rng)
         while (timbre, rate, pitch) in seen:
             rate, pitch = _draw_prosody(timbre, rng)
