@@ -41,6 +41,12 @@ def _add_synth_corpus(sub) -> None:
         "(--dev-utts sentences, --heldout-speakers speakers), for cross-engine tuning",
     )
     p.add_argument("--heldout-speakers", type=int, default=20)
+    p.add_argument(
+        "--engines",
+        nargs="+",
+        choices=ENGINES,
+        help="the engines of train/dev/test (default: all but --heldout-engine)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=2)
     p.set_defaults(func=_run_synth_corpus)
@@ -54,9 +60,13 @@ def _run_synth_corpus(args) -> None:
     num_utts = {p: getattr(args, f"{p}_utts") for p in parts}
     num_speakers = {p: getattr(args, f"{p}_speakers") for p in parts}
     engines = None
-    if args.heldout_engine:
-        heard = [e for e in ENGINES if e != args.heldout_engine]
+    if args.engines or args.heldout_engine:
+        heard = args.engines or [e for e in ENGINES if e != args.heldout_engine]
+        if args.heldout_engine in heard:
+            heard_list = " ".join(heard)
+            raise _UsageError(f"--engines {heard_list} includes the held-out engine {args.heldout_engine}")
         engines = {p: heard for p in parts}
+    if args.heldout_engine:
         heldout = f"dev-{args.heldout_engine}"
         num_utts[heldout], num_speakers[heldout] = args.dev_utts, args.heldout_speakers
         engines[heldout] = [args.heldout_engine]

@@ -103,3 +103,17 @@ def test_device_auto_resolves_to_what_torch_sees_and_cuda_without_a_gpu_is_a_usa
         assert resolve_device("auto") == "cuda" and resolve_device("cpu") == "cpu"
     finally:
         torch.set_num_threads(threads)
+
+
+def test_synth_corpus_refuses_to_hear_the_heldout_engine_and_fbank_an_unknown_effect(tmp_path, capsys):
+    from imputer_asr.cli import main
+
+    out = tmp_path / "corpus"
+    engines = ["--engines", "flite", "festival", "--heldout-engine", "festival"]
+    assert main(["synth-corpus", "--out-dir", str(out), *engines]) == 2
+    assert "includes the held-out engine festival" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fbank", "--manifest-dir", "m", "--out-dir", "o", "--bpe", "b", "--part", "d", "--effects=x"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'x'" in capsys.readouterr().err
