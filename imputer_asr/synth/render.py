@@ -43,7 +43,7 @@ from .voices import Speaker, require_tools
 __all__ = ["SAMPLE_RATE", "render_corpus", "synthesize"]
 
 SAMPLE_RATE = 16000
-PLAN_VERSION = 2
+PLAN_VERSION = 3
 _ATTEMPTS = 2
 _MAX_FAILED_SHARE = 0.05
 _TIMEOUT_S = 120

@@ -20,12 +20,11 @@ The espeak-ng variant ``fast`` is left out: it is a developer setting of the syn
 ("unstable", says its file), not a voice. Whispered and robotic variants are kept: they are
 intelligible, and the model should meet voices unlike the ones it trained on.
 
-:func:`sample_speakers` draws speakers with distinct timbres (engine, voice, variant) while
-there are timbres left; each engine gets a share of the draw in proportion to its
-``ENGINE_WEIGHTS``, so that flite's and festival's few voices are not drowned by espeak-ng's
-hundreds of combinations. ``engines`` restricts the draw (leave-one-engine-out experiments);
-weights are relative, so the draw among espeak-ng and flite is the same whether festival is
-installed or not.
+:func:`sample_speakers` gives each engine a share of the speakers in proportion to its
+``ENGINE_WEIGHTS`` (largest remainders), so that flite's and festival's few voices are not drowned
+by espeak-ng's hundreds of combinations: their voices come back with other rates and pitches.
+Within an engine, timbres (engine, voice, variant) are distinct while there are timbres left.
+``engines`` restricts the draw (cross-engine experiments).
 
 >>> speaker = Speaker(7, "espeak-ng", "en-gb", "f3", 150, 60)
 >>> speaker.command("hello world.", Path("out.wav"))
@@ -40,7 +39,6 @@ import random
 import re
 import shutil
 import subprocess
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +56,8 @@ __all__ = [
 ]
 
 ENGINES = ("espeak-ng", "festival", "flite")
-ENGINE_WEIGHTS = {"espeak-ng": 4.0, "flite": 1.0, "festival": 1.0}
+# Shares of the speakers: espeak-ng's own variety (hundreds of voice x variant timbres) is half.
+ENGINE_WEIGHTS = {"espeak-ng": 2.0, "flite": 1.0, "festival": 1.0}
 FESTIVAL_PACKAGES = "festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts"
 INSTALL_HINT = (
     "install espeak-ng, flite, festival and sox: "
@@ -222,19 +221,36 @@ def list_timbres() -> tuple[Timbre, ...]:
     return tuple(sorted(timbres, key=lambda t: (t.engine, t.voice, t.variant or "")))
 
 
-def _draw_timbres(timbres: tuple[Timbre, ...], n: int, rng: random.Random) -> list[Timbre]:
-    """``n`` timbres, distinct while there are enough, by weighted sampling without replacement.
+def _engine_counts(engines: list[str], n: int) -> dict[str, int]:
+    """``n`` split among ``engines`` in proportion to ``ENGINE_WEIGHTS`` (largest remainders)."""
+    total = sum(ENGINE_WEIGHTS[e] for e in engines)
+    exact = {e: n * ENGINE_WEIGHTS[e] / total for e in engines}
+    counts = {e: int(x) for e, x in exact.items()}
+    for engine in sorted(engines, key=lambda e: (counts[e] - exact[e], e))[: n - sum(counts.values())]:
+        counts[engine] += 1
+    return counts
 
-    Each engine gets a share of the probability mass in proportion to ``ENGINE_WEIGHTS``, split
-    evenly among its timbres; Efraimidis-Spirakis keys ``u ** (1 / w)`` give the order of draw.
-    Only the ratios of the weights matter, so an engine that is absent changes nothing else.
+
+def _draw_timbres(timbres: tuple[Timbre, ...], n: int, rng: random.Random) -> list[Timbre]:
+    """``n`` timbres, each engine's count in proportion to ``ENGINE_WEIGHTS``, in random order.
+
+    Within an engine every timbre comes once, in random order, before any comes twice, so
+    flite's 5 and festival's 3 voices return with other rates and pitches while espeak-ng's
+    hundreds stay distinct.
     """
-    counts = Counter(t.engine for t in timbres)
+    by_engine: dict[str, list[Timbre]] = {}
+    for timbre in timbres:
+        by_engine.setdefault(timbre.engine, []).append(timbre)
     order: list[Timbre] = []
-    while len(order) < n:
-        keys = [rng.random() ** (counts[t.engine] / ENGINE_WEIGHTS[t.engine]) for t in timbres]
-        order += [t for _, t in sorted(zip(keys, timbres, strict=True), key=lambda kt: -kt[0])]
-    return order[:n]
+    for engine, count in sorted(_engine_counts(sorted(by_engine), n).items()):
+        drawn: list[Timbre] = []
+        while len(drawn) < count:
+            cycle = list(by_engine[engine])
+            rng.shuffle(cycle)
+            drawn += cycle
+        order += drawn[:count]
+    rng.shuffle(order)
+    return order
 
 
 def _draw_prosody(timbre: Timbre, rng: random.Random) -> tuple[int | float, int | float]:
