@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 from imputer_asr.config import load_config
-from imputer_asr.distributed import ParallelObjective, init_parallel
-from imputer_asr.model import ImputerModel
-from imputer_asr.train import ctc_objective
+from imputer_asr.model.conformer import ImputerModel
+from imputer_asr.training.distributed import ParallelObjective, init_parallel
+from imputer_asr.training.loop import ctc_objective
 
 TOKENS_PER_SECOND = 3.5
 FRAMES_PER_SECOND = 100

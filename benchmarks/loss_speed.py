@@ -18,9 +18,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from imputer_asr.alignment import forced_align
-from imputer_asr.losses import imputer_loss
-from imputer_asr.masking import block_mask
+from imputer_asr.model.alignment import forced_align
+from imputer_asr.model.losses import imputer_loss
+from imputer_asr.training.masking import block_mask
 
 
 def _parse_args() -> argparse.Namespace:

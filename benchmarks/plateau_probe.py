@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from lhotse import CutSet
 
 from imputer_asr.config import ModelConfig
-from imputer_asr.decode import ctc_greedy_search
-from imputer_asr.model import ImputerModel
-from imputer_asr.tokenizer import Tokenizer, train_tokenizer
+from imputer_asr.data.tokenizer import Tokenizer, train_tokenizer
+from imputer_asr.decoding.ctc import ctc_greedy_search
+from imputer_asr.model.conformer import ImputerModel
 
 
 class BiLstmCtc(torch.nn.Module):

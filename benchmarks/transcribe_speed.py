@@ -19,8 +19,8 @@ import time
 
 import torch
 
-from imputer_asr.audio import find_audio
-from imputer_asr.transcribe import TranscribeOptions, Transcriber, load_model
+from imputer_asr.data.audio import find_audio
+from imputer_asr.transcription.transcribe import TranscribeOptions, Transcriber, load_model
 
 
 def _parse_args() -> argparse.Namespace:

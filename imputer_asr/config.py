@@ -58,7 +58,8 @@ class ModelConfig:
     and changes nothing at decoding time.
 
     ``token_scale`` multiplies the alignment tokens' learned contribution (zero for [MASK] and at
-    initialisation) before it is added to the acoustic frames; see :class:`imputer_asr.model.ImputerModel`.
+    initialisation) before it is added to the acoustic frames;
+    see :class:`imputer_asr.model.conformer.ImputerModel`.
 
     ``utterance_cmn`` subtracts each utterance's mean feature vector before the global
     normalisation: a log-mel offset is a voice's or a channel's fixed spectral colour, not speech.

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from imputer_asr.config import FeatureConfig, ModelConfig
-from imputer_asr.prepare import compute_fbank, manifest_texts, prepare_manifests
-from imputer_asr.tokenizer import Tokenizer, train_tokenizer
+from imputer_asr.data.prepare import compute_fbank, manifest_texts, prepare_manifests
+from imputer_asr.data.tokenizer import Tokenizer, train_tokenizer
 
 PARTS = ("train", "dev", "test")
 
@@ -82,11 +82,11 @@ def small_model_config():
 
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory) -> TinyCorpus:
-    from imputer_asr.synth.voices import INSTALL_HINT, missing_tools
+    from imputer_asr.data.synth.voices import INSTALL_HINT, missing_tools
 
     if missing_tools():
         pytest.skip(INSTALL_HINT)
-    from imputer_asr.synth import render_corpus
+    from imputer_asr.data.synth import render_corpus
 
     root = tmp_path_factory.mktemp("tiny")
     corpus = root / "corpus"

@@ -1,4 +1,4 @@
-"""Tests for imputer_asr.alignment: Viterbi paths against brute force and torchaudio, errors."""
+"""Tests for imputer_asr.model.alignment: Viterbi paths against brute force and torchaudio, errors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchaudio.functional as taf
 
-from imputer_asr.alignment import collapse, forced_align, min_alignment_length
+from imputer_asr.model.alignment import collapse, forced_align, min_alignment_length
 
 
 def _path_score(log_probs: torch.Tensor, path: list[int]) -> float:

@@ -1,4 +1,4 @@
-"""Tests for imputer_asr.audio: finding audio files and planning windows (reading is tested with
+"""Tests for imputer_asr.data.audio: finding audio files and planning windows (reading is tested with
 real speech in test_transcribe.py)."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from imputer_asr.audio import find_audio, plan_windows
-from imputer_asr.transcribe import TranscribeOptions
+from imputer_asr.data.audio import find_audio, plan_windows
+from imputer_asr.transcription.transcribe import TranscribeOptions
 
 
 def test_find_audio_lists_directories_recursively_and_keeps_other_paths(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
-from imputer_asr.augment import EFFECTS, ChannelAugment
+from imputer_asr.data.augment import EFFECTS, ChannelAugment
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

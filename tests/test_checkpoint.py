@@ -1,4 +1,4 @@
-"""Tests for imputer_asr.checkpoint: atomic saves, epoch ordering, averaging, the packaged model."""
+"""Tests for imputer_asr.training.checkpoint: atomic saves, epoch ordering, averaging, the packaged model."""
 
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from imputer_asr import checkpoint
-from imputer_asr.checkpoint import (
+from imputer_asr.config import ExperimentConfig, ModelConfig, TrainConfig, config_to_dict
+from imputer_asr.data.tokenizer import Tokenizer, train_tokenizer
+from imputer_asr.model.conformer import ImputerModel
+from imputer_asr.training import checkpoint
+from imputer_asr.training.checkpoint import (
     atomic_save,
     average_checkpoints,
     epoch_checkpoints,
@@ -19,9 +22,6 @@ from imputer_asr.checkpoint import (
     load_packaged,
     package_model,
 )
-from imputer_asr.config import ExperimentConfig, ModelConfig, TrainConfig, config_to_dict
-from imputer_asr.model import ImputerModel
-from imputer_asr.tokenizer import Tokenizer, train_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

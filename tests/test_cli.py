@@ -72,7 +72,7 @@ def test_device_auto_resolves_to_what_torch_sees_and_cuda_without_a_gpu_is_a_usa
     import torch
 
     from imputer_asr.cli import main
-    from imputer_asr.runtime import resolve_device
+    from imputer_asr.cli.runtime import resolve_device
 
     threads = torch.get_num_threads()
     try:

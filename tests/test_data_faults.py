@@ -21,10 +21,10 @@ from lhotse import CutSet
 
 from imputer_asr.cli import main
 from imputer_asr.config import DataConfig, ExperimentConfig, FeatureConfig, TrainConfig, save_config
-from imputer_asr.dataset import load_cuts, make_loader
-from imputer_asr.decode import decode_cuts
-from imputer_asr.prepare import filter_cuts
-from imputer_asr.train import fit
+from imputer_asr.data.dataset import load_cuts, make_loader
+from imputer_asr.data.prepare import filter_cuts
+from imputer_asr.decoding.ctc import decode_cuts
+from imputer_asr.training.loop import fit
 
 pytestmark = pytest.mark.faults
 
@@ -160,7 +160,7 @@ def _corpus_files(root: Path) -> dict[str, bytes]:
 def test_corpus_rendering_killed_part_way_is_finished_by_the_rerun_as_a_clean_run_writes_it(
     tmp_path, fault_tally
 ):
-    from imputer_asr.synth.voices import INSTALL_HINT, missing_tools
+    from imputer_asr.data.synth.voices import INSTALL_HINT, missing_tools
 
     if missing_tools():
         pytest.skip(INSTALL_HINT)

@@ -1,4 +1,4 @@
-"""Tests for imputer_asr.decode: CTC collapse and greedy search against brute-force references."""
+"""Tests for imputer_asr.decoding.ctc: CTC collapse and greedy search against brute-force references."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from imputer_asr.decode import collapse_alignment, ctc_greedy_search, greedy_alignment
+from imputer_asr.decoding.ctc import collapse_alignment, ctc_greedy_search, greedy_alignment
 
 
 def _reference_collapse(alignment: list[int], blank: int) -> list[int]:
@@ -121,7 +121,7 @@ def test_greedy_alignment_checks_shapes() -> None:
 def test_with_progress_passes_batches_through_and_counts_cuts():
     import io
 
-    from imputer_asr.dataset import with_progress
+    from imputer_asr.data.dataset import with_progress
 
     out = io.StringIO()
     batches = [{"cut_ids": ["a", "b"]}, {"cut_ids": ["c"]}]

@@ -3,7 +3,7 @@ accumulates the same 2 batches per update.
 
 Why they are equal: lhotse's samplers give rank r of W the batches r, W + r, 2W + r, ... of the
 one shuffle every rank draws, so update s sees batches 2s and 2s + 1 in both runs; the loss of an
-update is divided by the tokens of all its batches on all ranks (imputer_asr.distributed), so the
+update is divided by the tokens of all its batches on all ranks (imputer_asr.training.distributed), so the
 summed gradient is the same. Dropout and SpecAugment are off: their random draws differ by rank.
 """
 
@@ -19,11 +19,11 @@ import torch
 import torch.multiprocessing as mp
 from lhotse import CutSet
 
-from imputer_asr.checkpoint import load_file
 from imputer_asr.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
-from imputer_asr.model import ImputerModel
-from imputer_asr.tokenizer import Tokenizer
-from imputer_asr.train import fit
+from imputer_asr.data.tokenizer import Tokenizer
+from imputer_asr.model.conformer import ImputerModel
+from imputer_asr.training.checkpoint import load_file
+from imputer_asr.training.loop import fit
 
 
 def _config(model: ModelConfig, accum_grad: int) -> ExperimentConfig:
@@ -90,7 +90,7 @@ def test_two_processes_match_one_with_accumulation(tiny_corpus, small_model_conf
 
 
 def test_bf16_needs_cuda():
-    from imputer_asr.distributed import init_parallel
+    from imputer_asr.training.distributed import init_parallel
 
     with pytest.raises(ValueError, match="bf16"):
         init_parallel(TrainConfig(bf16=True))
@@ -103,7 +103,7 @@ def test_bf16_needs_cuda():
 def test_time_budget_is_refused_under_several_processes(monkeypatch):
     """Ranks would each read their own clock and stop at different updates, leaving DDP waiting;
     the budget is refused before the process group is joined."""
-    from imputer_asr.distributed import init_parallel
+    from imputer_asr.training.distributed import init_parallel
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match="minutes_per_epoch needs a single process"):

@@ -22,9 +22,9 @@ import pytest
 import torch
 from lhotse import CutSet
 
-from imputer_asr.checkpoint import epoch_checkpoints, load_file, step_checkpoints
 from imputer_asr.config import DataConfig, ExperimentConfig, TrainConfig, save_config
-from imputer_asr.train import fit
+from imputer_asr.training.checkpoint import epoch_checkpoints, load_file, step_checkpoints
+from imputer_asr.training.loop import fit
 
 pytestmark = pytest.mark.faults
 
@@ -40,9 +40,9 @@ _KILLER = textwrap.dedent(
     from pathlib import Path
     import torch
     from lhotse import CutSet
-    from imputer_asr import train
+    from imputer_asr.training import loop as train
     from imputer_asr.config import load_config
-    from imputer_asr.tokenizer import Tokenizer
+    from imputer_asr.data.tokenizer import Tokenizer
 
     config, exp_dir, train_cuts, dev_cuts, bpe, where, n = sys.argv[1:]
     n, calls = int(n), [0]
@@ -165,7 +165,7 @@ def test_a_truncated_newest_checkpoint_is_reported_and_the_previous_one_used(
     newest = (step_checkpoints(exp) or epoch_checkpoints(exp))[-1]
     data = newest.read_bytes()
     newest.write_bytes(data[: len(data) // 2])  # as a filesystem without atomic rename might leave it
-    with caplog.at_level("WARNING", logger="imputer_asr.train"):
+    with caplog.at_level("WARNING", logger="imputer_asr.training.loop"):
         model = fit(_config(model_cfg), exp, *cuts, tiny_corpus.tokenizer, resume=True)
     assert f"{newest} cannot be resumed from" in caplog.text
     _assert_same_weights(model, want)
@@ -185,7 +185,7 @@ def test_mid_epoch_checkpoints_follow_the_clock_and_keep_the_newest(
 ):
     """On a fake clock of 1 s per update, checkpoint_minutes 3/60 writes one every 3 updates; the
     newest 2 are kept until the epoch's checkpoint supersedes them."""
-    from imputer_asr import train as train_module
+    from imputer_asr.training import loop as train_module
 
     ticks = iter(range(10**6))
     monkeypatch.setattr(train_module, "time", SimpleNamespace(perf_counter=lambda: float(next(ticks))))
@@ -263,7 +263,7 @@ def test_kill_from_outside_at_a_random_moment_then_the_same_command_finishes(
 
 def _nan_on(calls: set[int], objective=None):
     """ctc_objective whose loss is NaN on the given calls (1-based), as a bad batch would make it."""
-    from imputer_asr.train import ctc_objective
+    from imputer_asr.training.loop import ctc_objective
 
     count = [0]
 
@@ -276,7 +276,7 @@ def _nan_on(calls: set[int], objective=None):
 
 
 def _batches(tiny_corpus, cuts, n: int) -> list[dict]:
-    from imputer_asr.dataset import make_loader
+    from imputer_asr.data.dataset import make_loader
 
     loader = make_loader(
         cuts[0], tiny_corpus.tokenizer, DataConfig(max_duration=8.0, num_workers=0), train=True
@@ -289,8 +289,8 @@ def test_a_non_finite_update_is_skipped_as_if_its_batch_were_absent(
 ):
     """Constant lr and no dropout: training on b1, b2 (NaN loss), b3 gives exactly the weights of
     training on b1, b3; the skip is logged with b2's cut ids."""
-    from imputer_asr.model import ImputerModel
-    from imputer_asr.train import _Clock, _JsonLog, ctc_objective, train_one_epoch
+    from imputer_asr.model.conformer import ImputerModel
+    from imputer_asr.training.loop import _Clock, _JsonLog, ctc_objective, train_one_epoch
 
     cfg = TrainConfig(warmup_steps=0, final_lr_fraction=1.0, log_every=1)
     b1, b2, b3 = _batches(tiny_corpus, cuts, 3)
@@ -331,7 +331,7 @@ def test_too_many_non_finite_updates_in_a_row_stop_the_run_and_name_the_cuts(
 def test_a_second_training_process_on_the_same_exp_dir_is_refused(
     tiny_corpus, model_cfg, cuts, tmp_path, fault_tally
 ):
-    from imputer_asr.train import _lock_exp_dir
+    from imputer_asr.training.loop import _lock_exp_dir
 
     exp = tmp_path / "exp"
     exp.mkdir()
@@ -355,7 +355,7 @@ def test_a_full_disk_or_read_only_directory_names_the_checkpoint_and_keeps_the_p
 ):
     """The write fails after part of the file is out (a full disk) or at once (read-only; simulated,
     since root may write to a directory without write permission)."""
-    from imputer_asr import checkpoint
+    from imputer_asr.training import checkpoint
 
     exp = tmp_path / "exp"
     fit(_config(model_cfg, epochs=1, checkpoint_minutes=0.0), exp, *cuts, tiny_corpus.tokenizer)
@@ -380,9 +380,9 @@ def test_a_full_disk_or_read_only_directory_names_the_checkpoint_and_keeps_the_p
 def _rank_killed_at(rank: int, port: int, cfg_path: str, exp: str, paths, bpe: str, kill_at: int) -> None:
     """One of 2 gloo processes (the environment torchrun sets), training with --resume; rank 0
     SIGKILLs itself right after its ``kill_at``-th update (0: never)."""
-    from imputer_asr import train
     from imputer_asr.config import load_config
-    from imputer_asr.tokenizer import Tokenizer
+    from imputer_asr.data.tokenizer import Tokenizer
+    from imputer_asr.training import loop as train
 
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank)

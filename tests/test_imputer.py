@@ -19,9 +19,7 @@ from lhotse import CutSet
 from lhotse.testing.dummies import DummyManifest
 from lhotse.utils import fastcopy
 
-import imputer_asr.imputer_train as imputer_train
-from imputer_asr.alignment import collapse
-from imputer_asr.checkpoint import load_packaged, package_model
+import imputer_asr.training.imputer as imputer_train
 from imputer_asr.cli import main
 from imputer_asr.config import (
     DataConfig,
@@ -31,18 +29,20 @@ from imputer_asr.config import (
     TrainConfig,
     save_config,
 )
-from imputer_asr.dataset import AsrDataset
-from imputer_asr.decode import ctc_greedy_search
-from imputer_asr.imputer_decode import decode_imputer, decode_imputer_adaptive, imputer_emissions
-from imputer_asr.imputer_train import (
+from imputer_asr.data.dataset import AsrDataset
+from imputer_asr.decoding.ctc import ctc_greedy_search
+from imputer_asr.decoding.imputer import decode_imputer, decode_imputer_adaptive, imputer_emissions
+from imputer_asr.model.alignment import collapse
+from imputer_asr.model.conformer import ImputerModel, subsampled_lengths
+from imputer_asr.training.checkpoint import load_packaged, package_model
+from imputer_asr.training.imputer import (
     align_cuts,
     imputer_objective,
     imputer_start,
     learner_alignment,
     sample_hours,
 )
-from imputer_asr.model import ImputerModel, subsampled_lengths
-from imputer_asr.train import ctc_objective
+from imputer_asr.training.loop import ctc_objective
 
 VOCAB = 7
 
@@ -346,8 +346,8 @@ def test_objective_greedy_rollin_shows_its_own_argmax_and_scores_every_alignment
     """greedy_fraction 1: the network is shown the block-masked argmax of its all-[MASK] pass (not the
     stored alignment) and the loss is CTC's over every alignment, computed here by hand from the same
     random draws; the CTC term adds the all-[MASK] pass's CTC loss."""
-    from imputer_asr.losses import ctc_loss
-    from imputer_asr.masking import block_mask
+    from imputer_asr.model.losses import ctc_loss
+    from imputer_asr.training.masking import block_mask
 
     model = _model(inject_layer=1).eval()
     batch = _aligned_batch(model)

@@ -65,11 +65,11 @@ def test_torchrun_launch_with_nproc():
 
 @pytest.fixture(scope="module")
 def tiny_librispeech(tmp_path_factory) -> Path:
-    from imputer_asr.synth.voices import INSTALL_HINT, missing_tools
+    from imputer_asr.data.synth.voices import INSTALL_HINT, missing_tools
 
     if missing_tools():
         pytest.skip(INSTALL_HINT)
-    from imputer_asr.synth import render_corpus
+    from imputer_asr.data.synth import render_corpus
 
     corpus = tmp_path_factory.mktemp("tiny-librispeech") / "LibriSpeech"
     sizes = {part: 2 for part in LIBRISPEECH_PARTS} | {"train-clean-100": 10}
@@ -134,7 +134,7 @@ def test_recipe_end_to_end(tiny_librispeech, tmp_path):
 
 
 def test_download_refuses_unknown_parts(tmp_path):
-    from imputer_asr.prepare import download_corpus
+    from imputer_asr.data.prepare import download_corpus
 
     with pytest.raises(ValueError, match="not LibriSpeech part"):
         download_corpus(tmp_path, ["train-clean-100", "train-dirty-7"])
@@ -142,7 +142,7 @@ def test_download_refuses_unknown_parts(tmp_path):
 
 
 def test_fill_results_section_keeps_the_rest(tmp_path):
-    from imputer_asr.report import fill_results_section
+    from imputer_asr.evaluation.report import fill_results_section
 
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- r:begin -->\nold\n<!-- r:end -->\noutro\n")

@@ -1,4 +1,4 @@
-"""Tests for imputer_asr.lm (Kneser-Ney n-grams, ARPA, lexicon) and imputer_asr.lm_decode (the
+"""Tests for imputer_asr.lm.ngram (Kneser-Ney n-grams, ARPA, lexicon) and imputer_asr.decoding.lm_search (the
 lexicon-constrained beam search): hand-computed probabilities, KenLM reading our ARPA files, and
 searches whose right answer is known from how their frames were built."""
 
@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from imputer_asr.cli import main
-from imputer_asr.lm import BOS, EOS, UNK, load_word_prior, train_ngram, write_lexicon
-from imputer_asr.lm_decode import Emissions, LexiconBeamSearch, LMWeights, decode_emissions, tune
-from imputer_asr.scoring import _umask
-from imputer_asr.tokenizer import train_tokenizer
+from imputer_asr.data.tokenizer import train_tokenizer
+from imputer_asr.decoding.lm_search import Emissions, LexiconBeamSearch, LMWeights, decode_emissions, tune
+from imputer_asr.evaluation.scoring import _umask
+from imputer_asr.lm.ngram import BOS, EOS, UNK, load_word_prior, train_ngram, write_lexicon
 
 TEXTS = [
     "THE CAT SAT ON THE MAT",
@@ -361,9 +361,9 @@ def test_imputer_emissions_of_one_step_are_the_ctc_output(
     from lhotse import CutSet
 
     from imputer_asr.config import DataConfig
-    from imputer_asr.dataset import make_loader
-    from imputer_asr.lm_decode import compute_emissions
-    from imputer_asr.model import ImputerModel
+    from imputer_asr.data.dataset import make_loader
+    from imputer_asr.decoding.lm_search import compute_emissions
+    from imputer_asr.model.conformer import ImputerModel
 
     torch.manual_seed(0)
     model = ImputerModel(tiny_model_config(tokenizer)).eval()
@@ -389,9 +389,9 @@ def test_imputer_tune_and_decode_with_lm_commands(
     tokenizer, tiny_model_config, noise_cuts, tmp_path: Path, caplog
 ) -> None:
     """tune-lm --steps K on dev, then decode-imputer --steps K with the tuned weights."""
-    from imputer_asr.checkpoint import package_model
     from imputer_asr.config import ExperimentConfig, ImputerConfig
-    from imputer_asr.model import ImputerModel
+    from imputer_asr.model.conformer import ImputerModel
+    from imputer_asr.training.checkpoint import package_model
 
     model_cfg = tiny_model_config(tokenizer)
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""Tests for imputer_asr.losses: brute force over alignments, equality with torch CTC, gradients."""
+"""Tests for imputer_asr.model.losses: brute force over alignments, equality with torch CTC, gradients."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from imputer_asr.losses import ctc_loss, imputer_loss
+from imputer_asr.model.losses import ctc_loss, imputer_loss
 
 
 def _collapse(path: tuple[int, ...], blank: int) -> list[int]:

@@ -1,4 +1,4 @@
-"""Tests for imputer_asr.masking: exact masked counts per block, the k distribution, padding."""
+"""Tests for imputer_asr.training.masking: exact masked counts per block, the k distribution, padding."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from imputer_asr.masking import block_mask
+from imputer_asr.training.masking import block_mask
 
 MASK = 99
 

@@ -1,4 +1,4 @@
-"""Tests for imputer_asr.model: shapes, padding invariance, the inject-layer split, errors, gradients."""
+"""The conformer: shapes, padding invariance, the inject-layer split, errors, gradients."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from imputer_asr.config import ModelConfig
-from imputer_asr.model import ImputerModel, padding_mask, subsampled_lengths, utterance_means
+from imputer_asr.model.conformer import ImputerModel, padding_mask, subsampled_lengths, utterance_means
 
 VOCAB = 9
 FEAT = 20

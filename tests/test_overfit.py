@@ -7,10 +7,10 @@ import torch
 from lhotse import CutSet
 
 from imputer_asr.config import DataConfig, ModelConfig
-from imputer_asr.dataset import make_loader
-from imputer_asr.decode import ctc_greedy_search
-from imputer_asr.model import ImputerModel
-from imputer_asr.train import ctc_objective
+from imputer_asr.data.dataset import make_loader
+from imputer_asr.decoding.ctc import ctc_greedy_search
+from imputer_asr.model.conformer import ImputerModel
+from imputer_asr.training.loop import ctc_objective
 
 
 def test_tiny_model_overfits_to_exact_transcripts(tiny_corpus):

@@ -15,8 +15,13 @@ from lhotse import CutSet, MonoCut, Recording, SupervisionSegment
 from pocketsphinx import Decoder
 
 from imputer_asr.cli import main
-from imputer_asr.peer import cut_pcm16, decode_pocketsphinx, normalize_pocketsphinx, recognize_pcm16
-from imputer_asr.scoring import score_utterance
+from imputer_asr.evaluation.peer import (
+    cut_pcm16,
+    decode_pocketsphinx,
+    normalize_pocketsphinx,
+    recognize_pcm16,
+)
+from imputer_asr.evaluation.scoring import score_utterance
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is needed")
 

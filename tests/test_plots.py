@@ -1,4 +1,4 @@
-"""Tests for imputer_asr.plots: log reading, extracted series and PNG output."""
+"""Tests for imputer_asr.evaluation.plots: log reading, extracted series and PNG output."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from imputer_asr.plots import plot_training_curves, plot_wer_vs_time, read_log, training_series
+from imputer_asr.evaluation.plots import plot_training_curves, plot_wer_vs_time, read_log, training_series
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

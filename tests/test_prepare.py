@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from lhotse import CutSet
 
-from imputer_asr.augment import ChannelAugment
 from imputer_asr.config import FeatureConfig
-from imputer_asr.prepare import compute_fbank
+from imputer_asr.data.augment import ChannelAugment
+from imputer_asr.data.prepare import compute_fbank
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

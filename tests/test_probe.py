@@ -20,13 +20,10 @@ import torch.nn.functional as F
 
 from imputer_asr.cli import build_parser, main
 from imputer_asr.config import ExperimentConfig, ImputerConfig, ModelConfig
-from imputer_asr.dataset import pad_sequences
-from imputer_asr.decode import collapse_alignment
-from imputer_asr.imputer_train import imputer_start
-from imputer_asr.losses import imputer_loss
-from imputer_asr.masking import block_mask
-from imputer_asr.model import ImputerModel, subsampled_lengths
-from imputer_asr.probe import (
+from imputer_asr.data.dataset import pad_sequences
+from imputer_asr.data.tokenizer import Tokenizer, train_tokenizer
+from imputer_asr.decoding.ctc import collapse_alignment
+from imputer_asr.evaluation.probe import (
     CONDITIONS,
     DEFAULT_FRACTIONS,
     ProbeReport,
@@ -36,7 +33,10 @@ from imputer_asr.probe import (
     shown_frames,
     shown_per_block,
 )
-from imputer_asr.tokenizer import Tokenizer, train_tokenizer
+from imputer_asr.model.conformer import ImputerModel, subsampled_lengths
+from imputer_asr.model.losses import imputer_loss
+from imputer_asr.training.imputer import imputer_start
+from imputer_asr.training.masking import block_mask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -280,7 +280,7 @@ def tokenizer(tmp_path_factory) -> Tokenizer:
 
 
 def test_cli_probe(tmp_path: Path, tokenizer: Tokenizer, noise_cuts, capsys):
-    from imputer_asr.checkpoint import package_model
+    from imputer_asr.training.checkpoint import package_model
 
     cfg = _reading_model().cfg
     model_cfg = ModelConfig(
@@ -320,7 +320,7 @@ def test_cli_probe_defaults_are_the_library_defaults_and_shown_in_help(capsys):
     args = parser.parse_args(["probe", "--model", "m.pt", "--cuts", "c.jsonl.gz"])
     assert tuple(args.fractions) == DEFAULT_FRACTIONS
     assert (args.max_cuts, args.block_size, args.seed, args.threads, args.out) == (200, None, 0, None, None)
-    assert args.device == "auto"  # threads None: torch's own count (imputer_asr.runtime)
+    assert args.device == "auto"  # threads None: torch's own count (imputer_asr.cli.runtime)
     with pytest.raises(SystemExit):
         parser.parse_args(["probe", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())

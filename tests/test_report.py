@@ -1,4 +1,4 @@
-"""Tests for imputer_asr.report: result collection, the markdown table, the pictures, the CLI."""
+"""Tests for imputer_asr.evaluation.report: result collection, the markdown table, the pictures, the CLI."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import torch
 
 from imputer_asr.cli import main
 from imputer_asr.config import ExperimentConfig
-from imputer_asr.imputer_decode import ImputerResult
-from imputer_asr.report import (
+from imputer_asr.data.tokenizer import Tokenizer, train_tokenizer
+from imputer_asr.decoding.imputer import ImputerResult
+from imputer_asr.evaluation.report import (
     ResultRow,
     collect_results,
     format_markdown_table,
@@ -21,7 +22,6 @@ from imputer_asr.report import (
     plot_wer_vs_steps,
     show_imputation,
 )
-from imputer_asr.tokenizer import Tokenizer, train_tokenizer
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _TEXTS = ["THE CAT SAT ON THE MAT", "A DOG RAN IN THE PARK", "THE SUN IS UP"] * 20
@@ -143,7 +143,7 @@ def _synthetic_result(tokenizer: Tokenizer, frames: int = 40, steps: int = 4) ->
     pad = 5  # padding past the length, as in a batch
     align = torch.tensor([alignment + [-1] * pad])
     hist = torch.tensor([history + [-1] * pad])
-    from imputer_asr.decode import collapse_alignment
+    from imputer_asr.decoding.ctc import collapse_alignment
 
     return ImputerResult(align, torch.tensor([frames]), [collapse_alignment(alignment, 0)], hist, steps)
 
@@ -205,8 +205,8 @@ def _cuts_with_features(tmp_path: Path, mel_bins: int) -> Path:
 
 
 def test_show_imputation(tmp_path: Path, tokenizer: Tokenizer, tiny_model_config) -> None:
-    from imputer_asr.checkpoint import package_model
-    from imputer_asr.model import ImputerModel
+    from imputer_asr.model.conformer import ImputerModel
+    from imputer_asr.training.checkpoint import package_model
 
     model_cfg = tiny_model_config(tokenizer)
     torch.manual_seed(0)

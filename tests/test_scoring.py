@@ -1,4 +1,4 @@
-"""Tests for imputer_asr.scoring against hand-computed alignments and counts."""
+"""Tests for imputer_asr.evaluation.scoring against hand-computed alignments and counts."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import jiwer
 import pytest
 
-from imputer_asr.scoring import (
+from imputer_asr.evaluation.scoring import (
     ErrorStats,
     align_tokens,
     format_summary,

@@ -1,10 +1,10 @@
-"""Tests for imputer_asr.subtitles: timestamps and the grouping of words into cues (the files are
+"""Subtitles: timestamps and the grouping of words into cues (the files are
 parsed back in test_transcribe.py)."""
 
 from __future__ import annotations
 
-from imputer_asr.subtitles import format_timestamp, subtitle_cues
-from imputer_asr.words import Word
+from imputer_asr.transcription.subtitles import format_timestamp, subtitle_cues
+from imputer_asr.transcription.words import Word
 
 
 def test_format_timestamp() -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from imputer_asr.synth import (
+from imputer_asr.data.synth import (
     Prompt,
     Speaker,
     list_timbres,
@@ -25,11 +25,11 @@ from imputer_asr.synth import (
     sample_speakers,
     synthesize,
 )
-from imputer_asr.synth import render as render_module
-from imputer_asr.synth import voices as voices_module
-from imputer_asr.synth.plan import cached_prompts, plan_corpus
-from imputer_asr.synth.text import FORTUNE_DIR
-from imputer_asr.synth.voices import INSTALL_HINT
+from imputer_asr.data.synth import render as render_module
+from imputer_asr.data.synth import voices as voices_module
+from imputer_asr.data.synth.plan import cached_prompts, plan_corpus
+from imputer_asr.data.synth.text import FORTUNE_DIR
+from imputer_asr.data.synth.voices import INSTALL_HINT
 
 HAVE_TOOLS = not voices_module.missing_tools()
 needs_tools = pytest.mark.skipif(not HAVE_TOOLS, reason=INSTALL_HINT)

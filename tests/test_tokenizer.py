@@ -1,4 +1,4 @@
-"""Tests for imputer_asr.tokenizer: a throwaway BPE trained in tmp_path, round trips, special ids."""
+"""Tests for imputer_asr.data.tokenizer: a throwaway BPE trained in tmp_path, round trips, special ids."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import sentencepiece as spm
 
-from imputer_asr.tokenizer import Tokenizer, train_tokenizer
+from imputer_asr.data.tokenizer import Tokenizer, train_tokenizer
 
 WORDS = (
     "THE A CAT DOG SAT RAN ON IN UNDER OVER MAT PARK HOUSE GREEN RED SMALL BIG QUICKLY SLOWLY "

@@ -12,13 +12,13 @@ import pytest
 import torch
 from lhotse import CutSet
 
-from imputer_asr import train as train_module
-from imputer_asr.checkpoint import epoch_checkpoints, load_file
 from imputer_asr.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
-from imputer_asr.dataset import make_loader
-from imputer_asr.decode import decode_cuts
-from imputer_asr.model import ImputerModel
-from imputer_asr.train import _Clock, _JsonLog, ctc_objective, fit, train_one_epoch, validate
+from imputer_asr.data.dataset import make_loader
+from imputer_asr.decoding.ctc import decode_cuts
+from imputer_asr.model.conformer import ImputerModel
+from imputer_asr.training import loop as train_module
+from imputer_asr.training.checkpoint import epoch_checkpoints, load_file
+from imputer_asr.training.loop import _Clock, _JsonLog, ctc_objective, fit, train_one_epoch, validate
 
 
 def _config(model: ModelConfig, epochs: int) -> ExperimentConfig:

@@ -1,11 +1,11 @@
-"""Tests for imputer_asr.train.lr_at: linear warm-up then cosine decay to a floor."""
+"""Tests for imputer_asr.training.loop.lr_at: linear warm-up then cosine decay to a floor."""
 
 from __future__ import annotations
 
 import pytest
 
 from imputer_asr.config import TrainConfig
-from imputer_asr.train import lr_at
+from imputer_asr.training.loop import lr_at
 
 CFG = TrainConfig(peak_lr=2.0, warmup_steps=4, final_lr_fraction=0.25)
 

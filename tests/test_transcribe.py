@@ -30,17 +30,17 @@ import soundfile as sf
 import torch
 import torchaudio.functional
 
-from imputer_asr.audio import AudioError, open_audio
-from imputer_asr.checkpoint import atomic_save, load_packaged, package_model
 from imputer_asr.cli import main
 from imputer_asr.config import ExperimentConfig, ModelConfig, config_to_dict
-from imputer_asr.decode import ctc_greedy_search
-from imputer_asr.losses import ctc_loss
-from imputer_asr.model import ImputerModel
-from imputer_asr.prepare import fbank_extractor
-from imputer_asr.tokenizer import Tokenizer, train_tokenizer
-from imputer_asr.transcribe import TranscribeOptions, Transcriber, load_model
-from imputer_asr.words import Word
+from imputer_asr.data.audio import AudioError, open_audio
+from imputer_asr.data.prepare import fbank_extractor
+from imputer_asr.data.tokenizer import Tokenizer, train_tokenizer
+from imputer_asr.decoding.ctc import ctc_greedy_search
+from imputer_asr.model.conformer import ImputerModel
+from imputer_asr.model.losses import ctc_loss
+from imputer_asr.training.checkpoint import atomic_save, load_packaged, package_model
+from imputer_asr.transcription.transcribe import TranscribeOptions, Transcriber, load_model
+from imputer_asr.transcription.words import Word
 
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = ("THE CAT SAT ON THE MAT", "A DOG RAN IN THE PARK", "THE SUN IS UP")
@@ -66,7 +66,7 @@ class Speech:
 def speech(tmp_path_factory: pytest.TempPathFactory) -> Speech:
     if not (shutil.which("espeak-ng") and shutil.which("sox")):
         pytest.skip("espeak-ng and sox are needed (apt-get install espeak-ng sox)")
-    from imputer_asr.synth import Speaker, synthesize
+    from imputer_asr.data.synth import Speaker, synthesize
 
     root = tmp_path_factory.mktemp("speech")
     speaker = Speaker(0, "espeak-ng", "en-us", None, 170, 50)
@@ -310,7 +310,7 @@ def test_decoding_arguments_are_checked(
 @pytest.fixture(scope="module")
 def lm_files(tokenizer: Tokenizer, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(lexicon, ARPA) of a bigram LM of the three sentences."""
-    from imputer_asr.lm import train_ngram, write_lexicon
+    from imputer_asr.lm.ngram import train_ngram, write_lexicon
 
     root = tmp_path_factory.mktemp("lm")
     lm = train_ngram([text.split() for text in TEXTS], order=2)
@@ -323,7 +323,7 @@ def test_lm_decoder_keeps_the_right_words_and_their_times(
     asr: Transcriber, model_path: Path, lm_files: tuple[Path, Path], speech: Speech, long_path: Path
 ) -> None:
     pytest.importorskip("flashlight.lib.text.decoder")
-    from imputer_asr.lm_decode import LMWeights
+    from imputer_asr.decoding.lm_search import LMWeights
 
     lexicon, arpa = lm_files
     with_lm = load_model(model_path, options=WINDOWS, lexicon=lexicon, arpa=arpa, lm_weights=LMWeights(0.5))

@@ -1,4 +1,4 @@
-"""Tests for imputer_asr.words: timed words from an alignment, and stitching overlapping windows
+"""Tests for imputer_asr.transcription.words: timed words from an alignment, and stitching overlapping windows
 (against a simulated decoder that sees whole words inside a window and junk at its edges)."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imputer_asr.audio import plan_windows
-from imputer_asr.tokenizer import Tokenizer, train_tokenizer
-from imputer_asr.words import Word, alignment_words, seam, stitch
+from imputer_asr.data.audio import plan_windows
+from imputer_asr.data.tokenizer import Tokenizer, train_tokenizer
+from imputer_asr.transcription.words import Word, alignment_words, seam, stitch
 
 
 @pytest.fixture(scope="module")
