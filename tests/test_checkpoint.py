@@ -12,10 +12,10 @@ import torch
 
 from imputer_asr.config import ExperimentConfig, ModelConfig, TrainConfig, config_to_dict
 from imputer_asr.data.tokenizer import Tokenizer, train_tokenizer
+from imputer_asr.files import torch_save_atomic
 from imputer_asr.model.conformer import ImputerModel
 from imputer_asr.training import checkpoint
 from imputer_asr.training.checkpoint import (
-    atomic_save,
     average_checkpoints,
     epoch_checkpoints,
     load_file,
@@ -37,26 +37,26 @@ def experiment(tokenizer: Tokenizer, tiny_model_config) -> ExperimentConfig:
     return ExperimentConfig(model=tiny_model_config(tokenizer), train=TrainConfig(epochs=2))
 
 
-# --- atomic_save ---------------------------------------------------------------------------------
+# --- torch_save_atomic ---------------------------------------------------------------------------------
 
 
-def test_atomic_save_writes_and_leaves_no_temp_file(tmp_path: Path) -> None:
+def test_torch_save_atomic_writes_and_leaves_no_temp_file(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "dir" / "epoch-1.pt"
     obj = {"w": torch.arange(5.0), "n": 3}
-    atomic_save(obj, path)
+    torch_save_atomic(obj, path)
     assert os.listdir(path.parent) == ["epoch-1.pt"]
     loaded = torch.load(path, weights_only=True)
     assert torch.equal(loaded["w"], obj["w"]) and loaded["n"] == 3
 
 
-def test_atomic_save_replaces_by_rename(tmp_path: Path) -> None:
+def test_torch_save_atomic_replaces_by_rename(tmp_path: Path) -> None:
     """The old file is never rewritten in place: a reader holding it open still sees it whole."""
     path = tmp_path / "epoch-1.pt"
-    atomic_save({"w": torch.zeros(1000)}, path)
+    torch_save_atomic({"w": torch.zeros(1000)}, path)
     old_bytes = path.read_bytes()
     old_inode = path.stat().st_ino
     with open(path, "rb") as reader:
-        atomic_save({"w": torch.ones(1000)}, path)
+        torch_save_atomic({"w": torch.ones(1000)}, path)
         assert reader.read() == old_bytes
     assert path.stat().st_ino != old_inode
     assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(1000))
@@ -65,8 +65,8 @@ def test_atomic_save_replaces_by_rename(tmp_path: Path) -> None:
 
 def test_crash_during_save_keeps_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "epoch-2.pt"
-    atomic_save({"model": {"w": torch.zeros(3)}, "config": {}}, tmp_path / "epoch-1.pt")
-    atomic_save({"model": {"w": torch.full((3,), 2.0)}, "config": {}}, path)
+    torch_save_atomic({"model": {"w": torch.zeros(3)}, "config": {}}, tmp_path / "epoch-1.pt")
+    torch_save_atomic({"model": {"w": torch.full((3,), 2.0)}, "config": {}}, path)
     old_bytes = path.read_bytes()
     real_save = torch.save
 
@@ -79,14 +79,14 @@ def test_crash_during_save_keeps_old_file(tmp_path: Path, monkeypatch: pytest.Mo
 
     monkeypatch.setattr(checkpoint.torch, "save", crash_half_way)
     with pytest.raises(OSError, match="disk full"):
-        atomic_save({"model": {"w": torch.full((3,), 9.0)}, "config": {}}, path)
+        torch_save_atomic({"model": {"w": torch.full((3,), 9.0)}, "config": {}}, path)
     monkeypatch.setattr(checkpoint.torch, "save", real_save)
     assert path.read_bytes() == old_bytes
     assert torch.equal(load_file(path)["model"]["w"], torch.full((3,), 2.0))
     # A half-written temporary file is never mistaken for a checkpoint.
     assert epoch_checkpoints(tmp_path) == [tmp_path / "epoch-1.pt", path]
     # The next save succeeds and cleans up.
-    atomic_save({"model": {"w": torch.full((3,), 9.0)}, "config": {}}, path)
+    torch_save_atomic({"model": {"w": torch.full((3,), 9.0)}, "config": {}}, path)
     assert torch.equal(load_file(path)["model"]["w"], torch.full((3,), 9.0))
     assert sorted(os.listdir(tmp_path)) == ["epoch-1.pt", "epoch-2.pt"]
 
@@ -110,7 +110,7 @@ def test_epoch_checkpoints_numeric_order(tmp_path: Path) -> None:
 
 
 def _save_state(path: Path, state: dict[str, torch.Tensor]) -> Path:
-    atomic_save({"model": state, "config": {}, "optimizer": {}}, path)
+    torch_save_atomic({"model": state, "config": {}, "optimizer": {}}, path)
     return path
 
 
@@ -205,7 +205,7 @@ def _write_case(case: str, path: Path, tmp_path: Path, tokenizer: Tokenizer, cfg
     elif case == "tensor":
         torch.save(torch.zeros(3), path)
     elif case == "training-checkpoint":
-        atomic_save({"model": state, "optimizer": {}, "config": config_to_dict(cfg)}, path)
+        torch_save_atomic({"model": state, "optimizer": {}, "config": config_to_dict(cfg)}, path)
     elif case == "wrong-weights":
         small = ImputerModel(ModelConfig(**{**config_to_dict(cfg)["model"], "d_model": 8}))
         package_model(small.state_dict(), cfg, tokenizer, path)

@@ -355,7 +355,7 @@ def test_a_full_disk_or_read_only_directory_names_the_checkpoint_and_keeps_the_p
 ):
     """The write fails after part of the file is out (a full disk) or at once (read-only; simulated,
     since root may write to a directory without write permission)."""
-    from imputer_asr.training import checkpoint
+    from imputer_asr.files import torch_save_atomic
 
     exp = tmp_path / "exp"
     fit(_config(model_cfg, epochs=1, checkpoint_minutes=0.0), exp, *cuts, tiny_corpus.tokenizer)
@@ -367,9 +367,9 @@ def test_a_full_disk_or_read_only_directory_names_the_checkpoint_and_keeps_the_p
             real_save(obj, f, *args, **kwargs)
         raise OSError(code, reason)
 
-    monkeypatch.setattr(checkpoint.torch, "save", failing)
+    monkeypatch.setattr(torch, "save", failing)
     with pytest.raises(OSError, match=rf"epoch-1.pt: cannot write it \({reason}\); the previous one"):
-        checkpoint.atomic_save({"model": {}, "config": {}}, exp / "epoch-1.pt")
+        torch_save_atomic({"model": {}, "config": {}}, exp / "epoch-1.pt")
     assert (exp / "epoch-1.pt").read_bytes() == before
     with pytest.raises(OSError, match=rf"checkpoint-\d+.pt: cannot write it \({reason}\)$"):
         fit(_config(model_cfg, epochs=2), exp, *cuts, tiny_corpus.tokenizer, resume=True)

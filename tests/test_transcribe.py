@@ -36,9 +36,10 @@ from imputer_asr.data.audio import AudioError, open_audio
 from imputer_asr.data.prepare import fbank_extractor
 from imputer_asr.data.tokenizer import Tokenizer, train_tokenizer
 from imputer_asr.decoding.ctc import ctc_greedy_search
+from imputer_asr.files import torch_save_atomic
 from imputer_asr.model.conformer import ImputerModel
 from imputer_asr.model.losses import ctc_loss
-from imputer_asr.training.checkpoint import atomic_save, load_packaged, package_model
+from imputer_asr.training.checkpoint import load_packaged, package_model
 from imputer_asr.transcription.transcribe import TranscribeOptions, Transcriber, load_model
 from imputer_asr.transcription.words import Word
 
@@ -559,7 +560,7 @@ def _bad_model(case: str, path: Path, trained: tuple, tokenizer: Tokenizer) -> N
     if case == "corrupt":
         path.write_bytes(os.urandom(4096))
     elif case == "training-checkpoint":
-        atomic_save(
+        torch_save_atomic(
             {"model": weights, "optimizer": {}, "config": config_to_dict(cfg), "trained_as": "ctc"}, path
         )
     elif case == "random-pickle":
@@ -644,7 +645,7 @@ def test_package_records_how_the_model_was_trained(
     checkpoint = {"model": weights, "optimizer": {}, "config": config_to_dict(cfg)}
     if trained_as is not None:
         checkpoint["trained_as"] = trained_as
-    atomic_save(checkpoint, tmp_path / "exp" / "epoch-1.pt")
+    torch_save_atomic(checkpoint, tmp_path / "exp" / "epoch-1.pt")
     bpe = tmp_path / "bpe.model"
     bpe.write_bytes(tokenizer.model_proto)
     out = tmp_path / "model.pt"

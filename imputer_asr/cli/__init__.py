@@ -16,6 +16,7 @@ from pathlib import Path
 
 from imputer_asr.cli import lm as lm_cli
 from imputer_asr.cli.runtime import add_runtime_options, apply_runtime
+from imputer_asr.files import write_cuts_atomic
 
 __all__ = ["main", "build_parser"]
 
@@ -361,7 +362,7 @@ def _run_decode(args) -> None:
 def _write_decoding(args, hyps, seconds: float, **extra) -> dict:
     """Write ``timing-<name>.json`` then ``hyps-<name>.jsonl`` (last and atomically: it is the make
     target of a decode stage); returns the timing record."""
-    from imputer_asr.evaluation.scoring import write_text_atomic
+    from imputer_asr.files import write_text_atomic
 
     audio = sum(h.duration for h in hyps)
     timing = {
@@ -479,10 +480,7 @@ def _run_align(args) -> None:
         )
         cuts = subset
     cuts = align_cuts(packaged.model, cuts, packaged.tokenizer, max_duration=args.max_duration)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".tmp-{args.out.name}")  # keeps the extension lhotse reads the format from
-    cuts.to_file(tmp)
-    tmp.replace(args.out)
+    write_cuts_atomic(cuts, args.out)
     log.info("wrote %s", args.out)
 
 
@@ -766,7 +764,7 @@ def _add_probe(sub) -> None:
 
 def _run_probe(args) -> None:
     from imputer_asr.evaluation.probe import check_probe_arguments, format_probe, probe_cuts
-    from imputer_asr.evaluation.scoring import write_text_atomic
+    from imputer_asr.files import write_text_atomic
     from imputer_asr.training.checkpoint import load_packaged
 
     if args.max_cuts < 1:
@@ -901,7 +899,7 @@ def _write_transcript(transcript, args, written: dict[Path, str]) -> str | None:
     the files written so far to their inputs: two inputs with the same name would write the same
     file, and the second is refused rather than overwrite the first.
     """
-    from imputer_asr.evaluation.scoring import write_text_atomic
+    from imputer_asr.files import write_text_atomic
 
     formats = TRANSCRIPT_FORMATS if args.format == "all" else (args.format,)
     if args.output_dir == "-":

@@ -188,7 +188,7 @@ def add_tune_lm(sub) -> None:
 def run_tune_lm(args) -> None:
     from imputer_asr.cli import _load_cuts
     from imputer_asr.decoding.lm_search import compute_emissions, tune
-    from imputer_asr.evaluation.scoring import write_text_atomic
+    from imputer_asr.files import write_text_atomic
     from imputer_asr.training.checkpoint import load_packaged
 
     apply_runtime(args)

@@ -24,6 +24,7 @@ from lhotse.utils import compute_num_frames
 from imputer_asr.config import FeatureConfig
 from imputer_asr.data.augment import ChannelAugment
 from imputer_asr.data.tokenizer import Tokenizer
+from imputer_asr.files import write_cuts_atomic
 
 __all__ = [
     "OPENSLR_URL",
@@ -45,12 +46,6 @@ OPENSLR_URL = "http://www.openslr.org/resources"
 
 def _cuts_path(manifest_dir: Path, part: str) -> Path:
     return Path(manifest_dir) / f"cuts_{part}.jsonl.gz"
-
-
-def _write_cuts(cuts: CutSet, path: Path) -> None:
-    tmp = path.with_name(path.name.replace(".jsonl.gz", ".tmp.jsonl.gz"))
-    cuts.to_file(tmp)
-    tmp.replace(path)
 
 
 def download_corpus(target_dir: Path, parts: Sequence[str], base_url: str = OPENSLR_URL) -> Path:
@@ -94,7 +89,7 @@ def prepare_manifests(corpus_dir: Path, manifest_dir: Path, parts: Sequence[str]
         m = manifests[part]
         cuts = CutSet.from_manifests(recordings=m["recordings"], supervisions=m["supervisions"])
         cuts = cuts.trim_to_supervisions(keep_overlapping=False).to_eager()
-        _write_cuts(cuts, _cuts_path(manifest_dir, part))
+        write_cuts_atomic(cuts, _cuts_path(manifest_dir, part))
         hours = sum(c.duration for c in cuts) / 3600
         log.info("%s: %d cuts, %.2f h", part, len(cuts), hours)
 
@@ -109,7 +104,7 @@ def combine_manifests(manifest_dir: Path, parts: Sequence[str], name: str) -> Pa
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise ValueError(f"{', '.join(missing)}: no such manifest; run the manifests stage first")
-    _write_cuts(CutSet.from_cuts(c for p in paths for c in CutSet.from_file(p)).to_eager(), out)
+    write_cuts_atomic(CutSet.from_cuts(c for p in paths for c in CutSet.from_file(p)).to_eager(), out)
     return out
 
 
@@ -232,7 +227,7 @@ def compute_fbank(
             storage_type=LilcomChunkyWriter,
             executor=executor,
         )
-    _write_cuts(cuts, out)
+    write_cuts_atomic(cuts, out)
     hours = sum(c.duration for c in cuts) / 3600
     log.info("%s: features for %d cuts (%.2f h) in %s", part, len(cuts), hours, out)
     return out

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from imputer_asr.files import write_bytes_atomic
+
 __all__ = ["Tokenizer", "train_tokenizer"]
 
 BLANK_PIECE = "<blk>"
@@ -112,7 +114,5 @@ def train_tokenizer(
             minloglevel=2,
         )
         proto = prefix.with_suffix(".model").read_bytes()
-    tmp_out = model_path.with_suffix(".tmp")
-    tmp_out.write_bytes(proto)
-    tmp_out.replace(model_path)
+    write_bytes_atomic(model_path, proto)
     return Tokenizer(proto)

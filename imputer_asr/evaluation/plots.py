@@ -29,7 +29,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from imputer_asr.evaluation.scoring import write_bytes_atomic
+from imputer_asr.files import write_bytes_atomic
 
 __all__ = [
     "TrainingSeries",

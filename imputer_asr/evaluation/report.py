@@ -40,7 +40,7 @@ from matplotlib.patches import Patch, Rectangle
 from imputer_asr.data.tokenizer import Tokenizer
 from imputer_asr.decoding.imputer import ImputerResult
 from imputer_asr.evaluation.plots import _save_png
-from imputer_asr.evaluation.scoring import write_text_atomic
+from imputer_asr.files import write_text_atomic
 
 __all__ = [
     "ResultRow",

@@ -27,14 +27,14 @@ deletion ``(REF->*)`` and an insertion ``(*->HYP)``.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import jiwer
+
+from imputer_asr.files import write_text_atomic
 
 __all__ = [
     "ErrorStats",
@@ -46,8 +46,6 @@ __all__ = [
     "score",
     "format_summary",
     "write_report",
-    "write_text_atomic",
-    "write_bytes_atomic",
 ]
 
 _GAP = "*"
@@ -301,38 +299,6 @@ def _report_json(report: ScoreReport) -> str:
         "num_utterances_with_errors": sum(u.word_stats.errors > 0 for u in report.utterances),
     }
     return json.dumps(payload, indent=2, sort_keys=True) + "\n"
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to a temporary file beside ``path`` and rename it over ``path``."""
-    write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path`` and rename it over ``path``.
-
-    The file gets the permissions a plain ``open`` would give it (0666 less the umask), not the
-    owner-only 0600 of the temporary file.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-            os.fchmod(f.fileno(), 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    """The process umask (read by setting it and putting it straight back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def write_report(report: ScoreReport, out_dir: Path, name: str, top_n: int = 30) -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imputer_asr.data.tokenizer import Tokenizer
-from imputer_asr.evaluation.scoring import write_text_atomic
+from imputer_asr.files import write_text_atomic
 
 __all__ = [
     "NgramLM",

@@ -9,7 +9,6 @@ cannot run code.
 
 from __future__ import annotations
 
-import os
 import re
 import warnings
 from pathlib import Path
@@ -19,10 +18,10 @@ import torch
 
 from imputer_asr.config import ExperimentConfig, config_from_dict, config_to_dict
 from imputer_asr.data.tokenizer import Tokenizer
+from imputer_asr.files import torch_save_atomic
 from imputer_asr.model.conformer import ImputerModel
 
 __all__ = [
-    "atomic_save",
     "load_file",
     "epoch_checkpoints",
     "step_checkpoints",
@@ -35,26 +34,6 @@ __all__ = [
 PACKAGE_FORMAT = "imputer_asr.model.conformer/1"
 _EPOCH = re.compile(r"epoch-(\d+)\.pt$")
 _STEP = re.compile(r"^checkpoint-(\d+)\.pt$")
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to ``path`` so that a crash leaves either the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    except OSError as exc:  # a full disk or a read-only directory: say which file, keep the old one
-        tmp.unlink(missing_ok=True)
-        kept = "; the previous one is intact" if path.exists() else ""
-        raise OSError(exc.errno, f"{path}: cannot write it ({exc.strerror or exc}){kept}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def load_file(path: Path) -> dict[str, Any]:
@@ -107,7 +86,7 @@ def package_model(
     weights: dict[str, torch.Tensor], cfg: ExperimentConfig, tokenizer: Tokenizer, out: Path, **info
 ) -> None:
     """Write the self-contained ``model.pt`` (weights + config + tokenizer + free-form info)."""
-    atomic_save(
+    torch_save_atomic(
         {
             "format": PACKAGE_FORMAT,
             "model": weights,

@@ -33,9 +33,10 @@ from imputer_asr.data.dataset import make_loader
 from imputer_asr.data.tokenizer import Tokenizer
 from imputer_asr.decoding.ctc import Hypothesis, batch_hypotheses, ctc_greedy_search
 from imputer_asr.evaluation.scoring import score
+from imputer_asr.files import torch_save_atomic
 from imputer_asr.model.conformer import ImputerModel
 from imputer_asr.model.losses import ctc_loss
-from imputer_asr.training.checkpoint import atomic_save, epoch_checkpoints, load_file, step_checkpoints
+from imputer_asr.training.checkpoint import epoch_checkpoints, load_file, step_checkpoints
 from imputer_asr.training.distributed import Parallel, ParallelObjective, init_parallel, to_device
 
 __all__ = ["Objective", "ctc_objective", "lr_at", "train_one_epoch", "validate", "fit"]
@@ -457,7 +458,7 @@ def _save_epoch(
         raise RuntimeError(
             f"not saving a checkpoint at update {clock.step}: non-finite weights in {', '.join(bad)}"
         )
-    atomic_save(
+    torch_save_atomic(
         {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),

@@ -37,6 +37,8 @@ from pathlib import Path
 import soundfile as sf
 from tqdm.auto import tqdm
 
+from imputer_asr.files import write_text_atomic
+
 from .plan import Utterance, plan_corpus
 from .voices import Speaker, require_tools
 
@@ -49,12 +51,6 @@ _MAX_FAILED_SHARE = 0.05
 _TIMEOUT_S = 120
 
 log = logging.getLogger(__name__)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    os.replace(partial, path)
 
 
 def synthesize(speaker: Speaker, spoken: str, flac_path: Path) -> None:
@@ -118,7 +114,7 @@ def _write_transcripts(plan: list[Utterance], corpus_dir: Path) -> None:
         chapters[utt.trans_path(corpus_dir)].append(utt)
     for trans_path, utts in chapters.items():
         lines = [f"{u.utt_id} {u.prompt.text}\n" for u in utts if u.flac_path(corpus_dir).exists()]
-        _write_text_atomic(trans_path, "".join(lines))
+        write_text_atomic(trans_path, "".join(lines))
 
 
 def _write_speakers(plan: list[Utterance], corpus_dir: Path) -> None:
@@ -131,7 +127,7 @@ def _write_speakers(plan: list[Utterance], corpus_dir: Path) -> None:
             variant = s.variant or "-"
             fields = (s.speaker_id, utt.part, s.engine, s.voice, variant, s.rate, s.pitch)
             rows.append("\t".join(map(str, fields)) + "\n")
-    _write_text_atomic(corpus_dir / "speakers.tsv", "".join(rows))
+    write_text_atomic(corpus_dir / "speakers.tsv", "".join(rows))
 
 
 def _part_stats(plan: list[Utterance], corpus_dir: Path) -> dict[str, dict[str, float]]:
@@ -172,7 +168,7 @@ def _claim_out_dir(out_dir: Path, args: dict, plan: list[Utterance]) -> None:
             f"(see {plan_path}); delete it or choose another out_dir"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_text_atomic(plan_path, record)
+    write_text_atomic(plan_path, record)
 
 
 def render_corpus(
@@ -227,9 +223,9 @@ def render_corpus(
         + "; ".join(_describe(stats))
         + ".\n"
     )
-    _write_text_atomic(out_dir / "README", readme)
+    write_text_atomic(out_dir / "README", readme)
     for line in _describe(stats):
         log.info("%s %s", out_dir, line)
     if failed:
         log.warning("%d utterances were skipped after synthesis errors", len(failed))
-    _write_text_atomic(sentinel, json.dumps(args, indent=1, sort_keys=True))
+    write_text_atomic(sentinel, json.dumps(args, indent=1, sort_keys=True))
