@@ -117,7 +117,11 @@ def test_plot_training_curves_without_validation(tmp_path: Path) -> None:
     log = _write_log(tmp_path / "train_log.jsonl", train_only)
     out = tmp_path / "curves.png"
     plot_training_curves(log, out)
-    _png_size(out)
+    assert _png_size(out) == (1500, 450)
+    # No dev points: the picture differs from the one of the whole log.
+    full = tmp_path / "full.png"
+    plot_training_curves(_write_log(tmp_path / "full.jsonl", _records()), full)
+    assert not np.array_equal(imread(out), imread(full))
 
 
 def test_plot_training_curves_empty_log(tmp_path: Path) -> None:
@@ -135,8 +139,13 @@ def test_plot_wer_vs_time_overlays_runs(tmp_path: Path) -> None:
     plot_wer_vs_time({"imputer": run_a, "ctc (no dev yet)": run_b}, out)
     width, height = _png_size(out)
     assert (width, height) == (800, 500)
-    assert out.stat().st_size > 5_000
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    # A second run with dev WER adds its curve to the picture.
+    alone, both = tmp_path / "a.png", tmp_path / "a-and-c.png"
+    run_c = _write_log(tmp_path / "c.jsonl", _records(epochs=2))
+    plot_wer_vs_time({"imputer": run_a}, alone)
+    plot_wer_vs_time({"imputer": run_a, "ctc": run_c}, both)
+    assert not np.array_equal(imread(alone), imread(both))
 
 
 def test_plot_wer_vs_time_needs_runs(tmp_path: Path) -> None:
