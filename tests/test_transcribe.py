@@ -31,8 +31,9 @@ import torch
 import torchaudio.functional
 
 from imputer_asr.cli import main
+from imputer_asr.cli.transcribe import TRANSCRIPT_FORMATS
 from imputer_asr.config import ExperimentConfig, ModelConfig, config_to_dict
-from imputer_asr.data.audio import AudioError, open_audio
+from imputer_asr.data.audio import AudioError, open_audio, plan_windows
 from imputer_asr.data.prepare import fbank_extractor
 from imputer_asr.data.tokenizer import Tokenizer, train_tokenizer
 from imputer_asr.decoding.ctc import ctc_greedy_search
@@ -349,6 +350,39 @@ def test_lm_decoder_needs_a_language_model(asr: Transcriber, model_path: Path, l
         load_model(model_path, lexicon=lm_files[0].parent / "missing.txt")
 
 
+@pytest.fixture
+def bars(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The progress bars transcription makes, each with the arguments it was made with."""
+    from imputer_asr.transcription import transcribe as module
+
+    made = []
+
+    class RecordingBar(module.tqdm):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.asked = kwargs
+            made.append(self)
+
+    monkeypatch.setattr(module, "tqdm", RecordingBar)
+    return made
+
+
+def test_progress_counts_the_seconds_of_audio_decoded(
+    asr: Transcriber, speech: Speech, long_path: Path, bars: list, capsys: pytest.CaptureFixture
+) -> None:
+    missing = long_path.parent / "missing.wav"
+    transcripts = asr.transcribe([*speech.paths, long_path, missing], progress=True)
+    assert [t.error is None for t in transcripts] == [True] * 4 + [False]
+    (bar,) = bars
+    # Every window of every input that could be read: three 2 s slots, and the long recording's.
+    windows = plan_windows(len(LONG_ORDER) * SLOT, RATE, WINDOWS.window_seconds, WINDOWS.overlap_seconds)
+    seconds = 3 * 2.0 + sum((stop - start) / RATE for start, stop in windows)
+    assert len(windows) > 1 and bar.total == pytest.approx(seconds) and bar.n == pytest.approx(seconds)
+    assert "transcribe" in capsys.readouterr().err
+    asr.transcribe(speech.paths[0])  # quiet by default
+    assert bars[1].disable and capsys.readouterr().err == ""
+
+
 def test_import_is_cheap_and_load_model_is_exported() -> None:
     import imputer_asr
 
@@ -532,6 +566,24 @@ def test_output_format_all_writes_every_format_that_agree_with_each_other(
         capsys, model_path, "--output-format", "srt", "--output-dir", "-", str(long_path)
     )
     assert status == 2 and out == [] and "writes files" in err[0]
+
+
+def test_a_file_per_input_per_format_stdout_lists_them_and_the_bar_is_for_terminals(
+    model_path: Path, speech: Speech, tmp_path: Path, bars: list, capsys: pytest.CaptureFixture
+) -> None:
+    out_dir = tmp_path / "out"
+    inputs = [str(p) for p in speech.paths]
+    status, out, err = _transcribe(
+        capsys, model_path, "--output-format", "all", "--output-dir", str(out_dir), *inputs
+    )
+    assert status == 0 and err == []  # stderr is not a terminal here: no bar
+    assert [bar.asked["disable"] for bar in bars] == [None]  # tqdm's "only on a terminal"
+    files = [out_dir / f"{Path(audio).stem}.{fmt}" for audio in inputs for fmt in TRANSCRIPT_FORMATS]
+    assert out == [f"{audio}\t{file}" for audio in inputs for file in files if file.stem == Path(audio).stem]
+    assert sorted(out_dir.iterdir()) == sorted(files)
+    for audio, text in zip(inputs, TEXTS, strict=True):
+        assert (out_dir / f"{Path(audio).stem}.txt").read_text() == text + "\n"
+        assert json.loads((out_dir / f"{Path(audio).stem}.json").read_text())["text"] == text
 
 
 def test_tsv_to_stdout_names_the_input_on_every_row(

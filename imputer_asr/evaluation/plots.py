@@ -23,13 +23,13 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING, Any
 
 from imputer_asr.files import write_bytes_atomic
+
+if TYPE_CHECKING:  # matplotlib is imported where a picture is drawn: it costs every command ~1 s
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 __all__ = [
     "TrainingSeries",
@@ -150,6 +150,8 @@ def _draw_dev_error(ax: Axes, series: TrainingSeries) -> None:
 
 def _save_png(fig: Figure, out_png: Path) -> None:
     """Render ``fig`` with Agg and replace ``out_png`` atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
@@ -160,6 +162,8 @@ def _save_png(fig: Figure, out_png: Path) -> None:
 
 def plot_training_curves(log_path: Path, out_png: Path, title: str = "") -> None:
     """Draw loss vs step, learning rate vs step and dev WER/CER vs wall time into a PNG."""
+    from matplotlib.figure import Figure
+
     series = training_series(read_log(log_path))
     fig = Figure(figsize=(15, 4.5), layout="constrained")
     ax_loss, ax_lr, ax_err = fig.subplots(1, 3)
@@ -178,6 +182,8 @@ def plot_wer_vs_time(runs: Mapping[str, Path], out_png: Path, title: str = "") -
 
     Runs without validation records appear in the legend as ``label (no validation yet)``.
     """
+    from matplotlib.figure import Figure
+
     if not runs:
         raise ValueError("plot_wer_vs_time needs at least one run")
     fig = Figure(figsize=(8, 5), layout="constrained")

@@ -28,19 +28,17 @@ import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.axes import Axes
-from matplotlib.colors import to_rgb
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-from matplotlib.patches import Patch, Rectangle
 
 from imputer_asr.data.tokenizer import Tokenizer
 from imputer_asr.decoding.imputer import ImputerResult
 from imputer_asr.evaluation.plots import _save_png
 from imputer_asr.files import write_text_atomic
+
+if TYPE_CHECKING:  # matplotlib is imported where a picture is drawn: it costs every command ~1 s
+    from matplotlib.axes import Axes
 
 __all__ = [
     "ResultRow",
@@ -325,6 +323,8 @@ def plot_wer_vs_steps(rows: Sequence[ResultRow], out_png: Path, title: str = "")
     Each system's K-step decodings form a line, its adaptive decoding a star at its mean number of
     evaluations, and a greedy CTC decoding a dashed horizontal line (it runs the network once).
     """
+    from matplotlib.figure import Figure
+
     if not rows:
         raise ValueError("plot_wer_vs_steps needs at least one result")
     fig = Figure(figsize=(13, 5), layout="constrained")
@@ -378,6 +378,8 @@ def _segment_colours(alignment: Sequence[int], blank: int) -> list[str | None]:
 
 def _cell_image(colours: Sequence[str | None], history: Sequence[int], steps: int) -> np.ndarray:
     """(steps, T, 3) RGB: the state of every frame after every step."""
+    from matplotlib.colors import to_rgb
+
     masked, blank = np.array(to_rgb(_MASKED)), np.array(to_rgb(_BLANK))
     image = np.empty((steps, len(colours), 3))
     for t, (colour, fixed_at) in enumerate(zip(colours, history, strict=True)):
@@ -400,6 +402,8 @@ def _draw_cells(
     tokenizer: Tokenizer,
     blank: int,
 ) -> None:
+    from matplotlib.patches import Rectangle
+
     frames = len(alignment)
     image = _cell_image(colours, history, steps)
     ax.imshow(image, aspect="auto", interpolation="nearest", extent=(-0.5, frames - 0.5, steps + 0.5, 0.5))
@@ -443,6 +447,9 @@ def _annotate_steps(ax: Axes, history: Sequence[int], steps: int) -> None:
 
 
 def _legend_handles() -> list:
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
     return [
         Patch(facecolor=_MASKED, edgecolor="#b0b0b0", label="[MASK]"),
         Patch(facecolor=_BLANK, edgecolor="#b0b0b0", label="fixed to blank"),
@@ -478,6 +485,8 @@ def plot_imputation(
         utterance: which utterance of the batch.
         block_size: B, to draw block boundaries; None draws none.
     """
+    from matplotlib.figure import Figure
+
     if max_frames < 1:
         raise ValueError(f"max_frames must be at least 1, got {max_frames}")
     alignment, history, steps = _utterance_frames(result, utterance)

@@ -30,6 +30,7 @@ import torch
 from lhotse.utils import compute_num_frames
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
+from tqdm import tqdm
 
 from imputer_asr.data.audio import AudioError, AudioSource, open_audio, plan_windows, resampled_length
 from imputer_asr.data.prepare import fbank_extractor
@@ -163,6 +164,7 @@ class Transcriber:
         decoder: str | None = None,
         steps: int | None = None,
         sample_rate: int = 16000,
+        progress: bool | None = False,
     ) -> list[Transcript]:
         """Transcribe files or arrays, one :class:`Transcript` per input, in input order.
 
@@ -176,11 +178,16 @@ class Transcriber:
                 network starts from an all-[MASK] alignment, which is what it was trained on).
             steps: K for the Imputer, in [1, :attr:`block_size`]; default :attr:`block_size`.
             sample_rate: the sample rate of the arrays (files carry their own).
+            progress: a progress bar on stderr, in seconds of audio decoded (of the inputs opened
+                so far); None: only when stderr is a terminal.
 
         Raises:
             ValueError: an unknown decoder, or steps out of range (before any work is done).
         """
-        return list(self.iter_transcripts(audio, decoder=decoder, steps=steps, sample_rate=sample_rate))
+        transcripts = self.iter_transcripts(
+            audio, decoder=decoder, steps=steps, sample_rate=sample_rate, progress=progress
+        )
+        return list(transcripts)
 
     def iter_transcripts(
         self,
@@ -189,15 +196,21 @@ class Transcriber:
         decoder: str | None = None,
         steps: int | None = None,
         sample_rate: int = 16000,
+        progress: bool | None = False,
     ) -> Iterator[Transcript]:
         """As :meth:`transcribe`, but yields the transcripts as each group of inputs is done."""
         decoding = self._decoding(decoder, steps)
         inputs = [audio] if isinstance(audio, str | os.PathLike | np.ndarray | Tensor) else list(audio)
-        return (
-            transcript
-            for group in self._groups(inputs, sample_rate)
-            for transcript in self._transcribe_group(group, decoding)
-        )
+        return self._iter_groups(inputs, sample_rate, decoding, progress)
+
+    def _iter_groups(
+        self, inputs: list[Audio], sample_rate: int, decoding: _Decoding, progress: bool | None
+    ) -> Iterator[Transcript]:
+        disable = None if progress is None else not progress
+        meter = "{l_bar}{bar}| {n:.0f}/{total:.0f} s of audio [{elapsed}<{remaining}]"
+        with tqdm(total=0.0, desc="transcribe", bar_format=meter, disable=disable, leave=False) as bar:
+            for group in self._groups(inputs, sample_rate):
+                yield from self._transcribe_group(group, decoding, bar)
 
     def _decoding(self, decoder: str | None, steps: int | None) -> _Decoding:
         decoder = self.default_decoder if decoder is None else decoder
@@ -253,9 +266,10 @@ class Transcriber:
             )
 
     def _transcribe_group(
-        self, sources: list[AudioSource | AudioError], decoding: _Decoding
+        self, sources: list[AudioSource | AudioError], decoding: _Decoding, bar: tqdm
     ) -> list[Transcript]:
-        """Decode the windows of every input of a group, longest first, and stitch each input's."""
+        """Decode the windows of every input of a group, longest first, and stitch each input's;
+        ``bar`` counts the seconds of the windows decoded."""
         errors = {i: s for i, s in enumerate(sources) if isinstance(s, AudioError)}
         plans = {i: self._plan(s) for i, s in enumerate(sources) if isinstance(s, AudioSource)}
         windows = [
@@ -264,9 +278,11 @@ class Transcriber:
             for start, stop in spans
         ]
         windows.sort(key=lambda w: w.seconds, reverse=True)
+        bar.total += sum(w.seconds for w in windows)
         words: dict[tuple[int, int], list[Word]] = {}
         for batch in _batches(windows, self.options.batch_seconds):
             words.update(self._decode_windows(batch, sources, decoding, errors))
+            bar.update(sum(w.seconds for w in batch))
         return [
             Transcript(errors[i].source, error=str(errors[i]))
             if i in errors

@@ -1,0 +1,198 @@
+"""The decoding commands of ``imputer-asr``: ``decode`` (CTC greedy, or the LM beam search with
+``--lexicon``), ``decode-imputer`` (K-step or adaptive Imputer decoding), ``score`` (WER/CER) and
+``peer-pocketsphinx`` (a peer recognizer for the WER tables).
+
+A decoding writes ``timing-<name>.json`` then ``hyps-<name>.jsonl`` into ``--out-dir``; ``score``
+reads the latter."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+from imputer_asr.cli.common import UsageError, load_cuts, resolve_runtime
+from imputer_asr.cli.lm import add_lm_options, decode_imputer_with_lm, decode_with_lm
+from imputer_asr.cli.runtime import add_runtime_options
+
+__all__ = ["add_commands"]
+
+log = logging.getLogger("imputer_asr")
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Register the decoding commands in ``sub``."""
+    for add in (_add_decode, _add_decode_imputer, _add_score, _add_peer_pocketsphinx):
+        add(sub)
+
+
+def _add_decode(sub) -> None:
+    p = sub.add_parser("decode", help="decode a cuts manifest with a packaged model")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--cuts", type=Path, required=True)
+    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--name", required=True, help="e.g. test-ctc; names the output files")
+    add_runtime_options(p)
+    add_lm_options(p)
+    p.set_defaults(func=_run_decode)
+
+
+def _run_decode(args) -> None:
+    from imputer_asr.decoding.ctc import decode_cuts
+    from imputer_asr.training.checkpoint import load_packaged
+
+    if args.arpa is not None and args.lexicon is None:
+        raise UsageError("--arpa needs --lexicon (the words the search may write)")
+    resolve_runtime(args)
+    packaged = load_packaged(args.model)
+    packaged.model.to(args.device)
+    cuts = load_cuts(args.cuts)
+    if args.lexicon is not None:
+        hyps, seconds, weights = decode_with_lm(args, packaged, cuts)
+        timing = _write_decoding(args, hyps, seconds, **dataclasses.asdict(weights))
+    else:
+        hyps, seconds = decode_cuts(packaged.model, packaged.tokenizer, cuts)
+        timing = _write_decoding(args, hyps, seconds)
+    _log_decoding(hyps, seconds, timing)
+
+
+def _log_decoding(hyps, seconds: float, timing: dict, more: str = "") -> None:
+    log.info(
+        "decoded %d utterances (%.0f s of audio) in %.1f s, RTF %.4f%s",
+        len(hyps),
+        timing["audio_seconds"],
+        seconds,
+        timing["rtf"],
+        more,
+    )
+
+
+def _write_decoding(args, hyps, seconds: float, **extra) -> dict:
+    """Write ``timing-<name>.json`` then ``hyps-<name>.jsonl`` (last and atomically: it is the make
+    target of a decode stage); returns the timing record."""
+    from imputer_asr.files import write_text_atomic
+
+    audio = sum(h.duration for h in hyps)
+    timing = {
+        "utterances": len(hyps),
+        "audio_seconds": audio,
+        "decode_seconds": seconds,
+        "rtf": seconds / max(audio, 1e-9),
+        "threads": args.threads,
+        **extra,
+    }
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / f"timing-{args.name}.json").write_text(json.dumps(timing, indent=2) + "\n")
+    out = args.out_dir / f"hyps-{args.name}.jsonl"
+    write_text_atomic(out, "".join(json.dumps(dataclasses.asdict(h)) + "\n" for h in hyps))
+    return timing
+
+
+def _add_decode_imputer(sub) -> None:
+    p = sub.add_parser(
+        "decode-imputer",
+        help="K-step (or adaptive) Imputer decoding of a cuts manifest; with --lexicon, the K-th step's "
+        "log-probs go to the LM beam search",
+    )
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--cuts", type=Path, required=True)
+    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--name", required=True, help="e.g. test-k8; names the output files")
+    p.add_argument("--steps", type=int, default=None, help="K (the cap with --adaptive); default: B")
+    p.add_argument(
+        "--adaptive",
+        type=float,
+        default=None,
+        metavar="THRESHOLD",
+        help="fix every frame more probable than THRESHOLD, stop when all are fixed",
+    )
+    p.add_argument("--block-size", type=int, default=None, help="B; default: the model's imputer config")
+    add_runtime_options(p)
+    add_lm_options(p)
+    p.set_defaults(func=_run_decode_imputer)
+
+
+def _run_decode_imputer(args) -> None:
+    from imputer_asr.decoding.imputer import decode_cuts_imputer
+    from imputer_asr.training.checkpoint import load_packaged
+
+    if args.arpa is not None and args.lexicon is None:
+        raise UsageError("--arpa needs --lexicon (the words the search may write)")
+    if args.lexicon is not None and args.adaptive is not None:
+        raise UsageError("--adaptive cannot be combined with --lexicon (the LM search reads step K of K)")
+    resolve_runtime(args)
+    packaged = load_packaged(args.model)
+    packaged.model.to(args.device)
+    block_size = args.block_size or packaged.config.imputer.block_size
+    steps = args.steps or block_size
+    cuts = load_cuts(args.cuts)
+    if args.lexicon is not None:
+        hyps, seconds, record = decode_imputer_with_lm(args, packaged, cuts, steps, block_size)
+    else:
+        run = decode_cuts_imputer(
+            packaged.model,
+            packaged.tokenizer,
+            cuts,
+            steps=steps,
+            block_size=block_size,
+            threshold=args.adaptive,
+        )
+        hyps, seconds = run.hyps, run.seconds
+        record = {
+            "block_size": block_size,
+            "steps": steps,
+            "adaptive_threshold": args.adaptive,
+            "evaluations": run.evaluations,
+            "batches": run.batches,
+            "evaluations_per_batch": run.evaluations / max(run.batches, 1),
+            "evaluations_per_utterance": run.utterance_evaluations / max(len(run.hyps), 1),
+        }
+    timing = _write_decoding(args, hyps, seconds, **record)
+    more = f", {timing['evaluations']} evaluations in {timing['batches']} batches"
+    _log_decoding(hyps, seconds, timing, more)
+
+
+def _add_score(sub) -> None:
+    p = sub.add_parser("score", help="WER/CER of decoded hypotheses, per-utterance error listing")
+    p.add_argument("--hyps", type=Path, required=True, help="hyps-<name>.jsonl from decode")
+    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--name", required=True)
+    p.set_defaults(func=_run_score)
+
+
+def _run_score(args) -> None:
+    from imputer_asr.evaluation.scoring import format_summary, score, write_report
+
+    if not args.hyps.is_file():
+        raise ValueError(f"{args.hyps}: no such file; run the decode stage first")
+    rows = [json.loads(line) for line in args.hyps.read_text().splitlines() if line.strip()]
+    report = score([(r["cut_id"], r["ref"], r["hyp"]) for r in rows])
+    write_report(report, args.out_dir, args.name)
+    print(f"{args.name}: {format_summary(report)}")
+
+
+def _add_peer_pocketsphinx(sub) -> None:
+    p = sub.add_parser(
+        "peer-pocketsphinx",
+        help="decode a cuts manifest with pocketsphinx's default US English model, a peer for the WER tables",
+    )
+    p.add_argument("--cuts", type=Path, required=True, help="cuts manifest whose cuts have their audio")
+    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--name", required=True, help="e.g. test-pocketsphinx; names the output files")
+    p.set_defaults(func=_run_peer_pocketsphinx, threads=1)  # pocketsphinx decodes on one thread
+
+
+def _run_peer_pocketsphinx(args) -> None:
+    from importlib.metadata import version
+
+    from imputer_asr.evaluation.peer import decode_pocketsphinx
+
+    cuts = load_cuts(args.cuts)
+    try:
+        hyps, seconds = decode_pocketsphinx(cuts)
+    except ValueError as exc:
+        raise ValueError(f"{args.cuts}: {exc}") from None
+    timing = _write_decoding(args, hyps, seconds, recognizer=f"pocketsphinx {version('pocketsphinx')}")
+    _log_decoding(hyps, seconds, timing)
