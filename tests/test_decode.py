@@ -1,13 +1,29 @@
-"""Tests for imputer_asr.decoding.ctc: CTC collapse and greedy search against brute-force references."""
+"""Tests for imputer_asr.decoding: the CTC collapse and greedy search against brute-force references, and
+decode_cutset (the one loop over a CutSet) against decoding each utterance alone, for every decoder."""
 
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 import torch
+from lhotse import CutSet
 
-from imputer_asr.decoding.ctc import collapse_alignment, ctc_greedy_search, greedy_alignment
+from imputer_asr.data.tokenizer import Tokenizer, train_tokenizer
+from imputer_asr.decoding.ctc import CTCGreedyDecoder, ctc_greedy_search, decode_cuts, greedy_alignment
+from imputer_asr.decoding.decoder import BatchDecoding, Decoder, decode_cutset
+from imputer_asr.decoding.imputer import AdaptiveDecoder, KStepDecoder, decode_cuts_imputer
+from imputer_asr.decoding.lm_search import (
+    LexiconBeamSearch,
+    LMDecoder,
+    LMWeights,
+    compute_emissions,
+    decode_emissions,
+)
+from imputer_asr.lm.ngram import train_ngram, write_lexicon
+from imputer_asr.model.alignment import collapse
+from imputer_asr.model.conformer import ImputerModel
 
 
 def _reference_collapse(alignment: list[int], blank: int) -> list[int]:
@@ -30,24 +46,24 @@ def _random_alignments(seed: int, count: int, num_classes: int) -> list[list[int
 @pytest.mark.parametrize("blank", [0, 2])
 def test_collapse_matches_groupby_reference(blank: int) -> None:
     for alignment in _random_alignments(seed=blank, count=500, num_classes=4):
-        assert collapse_alignment(alignment, blank) == _reference_collapse(alignment, blank)
+        assert collapse(alignment, blank) == _reference_collapse(alignment, blank)
 
 
 def test_collapse_hand_cases() -> None:
-    assert collapse_alignment([], blank=0) == []
-    assert collapse_alignment([-1, -1], blank=0) == []
-    assert collapse_alignment([0, 0, 0], blank=0) == []
-    assert collapse_alignment([3, 3, 3], blank=0) == [3]
-    assert collapse_alignment([3, 0, 3], blank=0) == [3, 3]  # a blank separates a doubled token
-    assert collapse_alignment([1, 1, 0, 2, 1, -1, -1], blank=0) == [1, 2, 1]
-    assert collapse_alignment([0, 1, 1, 2], blank=1) == [0, 2]  # 0 is a token when blank is 1
-    assert collapse_alignment([2, 2, -1], blank=0) == [2]
+    assert collapse([], blank=0) == []
+    assert collapse([-1, -1], blank=0) == []
+    assert collapse([0, 0, 0], blank=0) == []
+    assert collapse([3, 3, 3], blank=0) == [3]
+    assert collapse([3, 0, 3], blank=0) == [3, 3]  # a blank separates a doubled token
+    assert collapse([1, 1, 0, 2, 1, -1, -1], blank=0) == [1, 2, 1]
+    assert collapse([0, 1, 1, 2], blank=1) == [0, 2]  # 0 is a token when blank is 1
+    assert collapse([2, 2, -1], blank=0) == [2]
 
 
 def test_collapse_ignores_what_follows_padding_start() -> None:
     """Padding is a suffix: appending more -1 never changes the result."""
     for alignment in _random_alignments(seed=7, count=200, num_classes=3):
-        assert collapse_alignment(alignment + [-1] * 3, 0) == collapse_alignment(alignment, 0)
+        assert collapse(alignment + [-1] * 3, 0) == collapse(alignment, 0)
 
 
 def _random_log_probs(seed: int, n: int, t: int, c: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,3 +146,129 @@ def test_with_progress_passes_batches_through_and_counts_cuts():
     quiet = io.StringIO()
     assert list(with_progress(iter(batches), 3, "decode", file=quiet)) == batches
     assert quiet.getvalue() == ""  # not a terminal: no bar
+
+
+def test_collapse_takes_a_tensor_or_a_list() -> None:
+    for alignment in _random_alignments(seed=3, count=100, num_classes=4):
+        assert collapse(torch.tensor(alignment, dtype=torch.long), 0) == collapse(alignment, 0)
+
+
+TEXTS = ["THE CAT SAT ON THE MAT", "A DOG RAN IN THE PARK", "THE SUN IS UP", "ON THE MAT", "A CAT"]
+LM_WEIGHTS = LMWeights(lm_weight=0.5, word_score=3.0, beam_size=10)  # words enough to differ
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
+    return train_tokenizer(TEXTS * 20, tmp_path_factory.mktemp("bpe") / "bpe.model", vocab_size=30)
+
+
+@pytest.fixture(scope="module")
+def lm_files(tmp_path_factory: pytest.TempPathFactory, tokenizer: Tokenizer) -> tuple[Path, Path]:
+    """A lexicon of the words of TEXTS and a trigram LM (ARPA) over them."""
+    out = tmp_path_factory.mktemp("lm")
+    lm = train_ngram([text.split() for text in TEXTS], order=3)
+    lm.write_arpa(out / "lm.arpa")
+    write_lexicon(lm.vocabulary, tokenizer, out / "lexicon.txt")
+    return out / "lexicon.txt", out / "lm.arpa"
+
+
+@pytest.fixture(scope="module")
+def lm_search(tokenizer: Tokenizer, lm_files: tuple[Path, Path]) -> LexiconBeamSearch:
+    return LexiconBeamSearch(tokenizer, *lm_files, LM_WEIGHTS)
+
+
+def _shuffled_cuts(noise_cuts) -> CutSet:
+    """Five cuts of 1 to 2 s, listed in an order that is not the loader's (shortest first)."""
+    cuts = list(CutSet.from_file(noise_cuts(TEXTS)))
+    return CutSet.from_cuts([cuts[i] for i in (3, 0, 4, 2, 1)])
+
+
+def _model(tokenizer: Tokenizer, tiny_model_config, cuts: CutSet) -> ImputerModel:
+    """A random float64 model whose output varies along time and with the alignment it is shown:
+    features normalised with the cuts' statistics, a sharp output layer, random token rows."""
+    torch.manual_seed(0)
+    model = ImputerModel(tiny_model_config(tokenizer)).double()
+    features = torch.cat([torch.from_numpy(cut.load_features()) for cut in cuts]).double()
+    model.set_feature_stats(features.mean(0), features.std(0))
+    with torch.no_grad():
+        model.output.weight.mul_(10)
+        model.token_embed.weight.normal_()
+        model.token_embed.weight[model.cfg.mask_id] = 0
+    return model
+
+
+def _in_float64(decoder: Decoder) -> Decoder:
+    """``decoder`` fed float64 features (so that padding cannot move an argmax by rounding)."""
+
+    def decode(model: ImputerModel, features: torch.Tensor, lengths: torch.Tensor) -> BatchDecoding:
+        return decoder(model, features.double(), lengths)
+
+    return decode
+
+
+def _decoder(name: str, tokenizer: Tokenizer, lm_search: LexiconBeamSearch) -> Decoder:
+    decoders = {
+        "ctc": lambda: CTCGreedyDecoder(tokenizer.blank_id),
+        "k1": lambda: KStepDecoder(steps=1, block_size=4),
+        "k4": lambda: KStepDecoder(steps=4, block_size=4),
+        "adaptive": lambda: AdaptiveDecoder(threshold=0.5, block_size=4),
+        "lm": lambda: LMDecoder(lm_search),
+        "lm-k2": lambda: LMDecoder(lm_search, steps=2, block_size=4),
+    }
+    return decoders[name]()
+
+
+@pytest.mark.parametrize("name", ["ctc", "k1", "k4", "adaptive", "lm", "lm-k2"])
+def test_decode_cutset_gives_each_utterance_what_it_gets_alone(
+    name: str, tokenizer: Tokenizer, lm_search: LexiconBeamSearch, tiny_model_config, noise_cuts
+) -> None:
+    """Batched and padded (two batch sizes) or decoded alone, every utterance gets the same output
+    and takes the same evaluations; outputs come in the manifest's order."""
+    cuts = _shuffled_cuts(noise_cuts)
+    model = _model(tokenizer, tiny_model_config, cuts)
+    decoder = _in_float64(_decoder(name, tokenizer, lm_search))
+    alone = [decode_cutset(model, tokenizer, CutSet.from_cuts([cut]), decoder) for cut in cuts]
+    assert [run.batches for run in alone] == [1] * len(cuts)
+    for max_duration in (3.5, 200.0):
+        run = decode_cutset(model, tokenizer, cuts, decoder, max_duration=max_duration)
+        assert run.cut_ids == list(cuts.ids) and run.refs == [cut.supervisions[0].text for cut in cuts]
+        assert run.durations == [cut.duration for cut in cuts]
+        assert run.outputs == [a.outputs[0] for a in alone]
+        assert run.utterance_evaluations == sum(a.utterance_evaluations for a in alone)
+        assert run.batches == (1 if max_duration == 200.0 else 3)
+    assert len({str(a.outputs[0]) for a in alone}) > 1  # the oracle is not vacuous
+    model.train()
+    decode_cutset(model, tokenizer, CutSet.from_cuts(list(cuts)[:1]), decoder)
+    assert model.training  # its mode is restored
+
+
+def test_cutset_wrappers_are_the_one_loop(
+    tokenizer: Tokenizer,
+    lm_files: tuple[Path, Path],
+    lm_search: LexiconBeamSearch,
+    tiny_model_config,
+    noise_cuts,
+) -> None:
+    """decode_cuts, decode_cuts_imputer and compute_emissions + decode_emissions: decode_cutset's
+    outputs with its decoders, as text, and its counts."""
+    cuts = _shuffled_cuts(noise_cuts)
+    model = _model(tokenizer, tiny_model_config, cuts).float()
+    hyps, seconds = decode_cuts(model, tokenizer, cuts, max_duration=3.5)
+    run = decode_cutset(model, tokenizer, cuts, CTCGreedyDecoder(tokenizer.blank_id), max_duration=3.5)
+    assert [(h.cut_id, h.ref, h.hyp) for h in hyps] == list(
+        zip(run.cut_ids, run.refs, map(tokenizer.decode, run.outputs), strict=True)
+    )
+    assert seconds > 0
+    imputer = decode_cuts_imputer(model, tokenizer, cuts, steps=3, block_size=4, max_duration=3.5)
+    run = decode_cutset(model, tokenizer, cuts, KStepDecoder(3, 4), max_duration=3.5)
+    assert [h.hyp for h in imputer.hyps] == [tokenizer.decode(ids) for ids in run.outputs]
+    assert (imputer.batches, imputer.evaluations, imputer.utterance_evaluations) == (3, 9, 15)
+    emissions = compute_emissions(model, tokenizer, cuts, max_duration=3.5, steps=2, block_size=4)
+    assert emissions.cut_ids == list(cuts.ids) and (emissions.steps, emissions.batches) == (2, 3)
+    searched, _ = decode_emissions(emissions, tokenizer, *lm_files, LM_WEIGHTS)
+    run = decode_cutset(model, tokenizer, cuts, LMDecoder(lm_search, steps=2, block_size=4))
+    assert [h.hyp for h in searched] == run.outputs
+    with pytest.raises(ValueError, match="steps"):
+        decode_cuts_imputer(model, tokenizer, cuts, steps=5, block_size=4, threshold=0.5)
+    with pytest.raises(ValueError, match="threshold"):
+        AdaptiveDecoder(threshold=1.5)

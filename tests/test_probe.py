@@ -22,7 +22,6 @@ from imputer_asr.cli import build_parser, main
 from imputer_asr.config import ExperimentConfig, ImputerConfig, ModelConfig
 from imputer_asr.data.dataset import pad_sequences
 from imputer_asr.data.tokenizer import Tokenizer, train_tokenizer
-from imputer_asr.decoding.ctc import collapse_alignment
 from imputer_asr.evaluation.probe import (
     CONDITIONS,
     DEFAULT_FRACTIONS,
@@ -33,6 +32,7 @@ from imputer_asr.evaluation.probe import (
     shown_frames,
     shown_per_block,
 )
+from imputer_asr.model.alignment import collapse
 from imputer_asr.model.conformer import ImputerModel, subsampled_lengths
 from imputer_asr.model.losses import imputer_loss
 from imputer_asr.training.imputer import imputer_start
@@ -208,7 +208,7 @@ def _reading_task(g: torch.Generator, n: int) -> dict:
     features = torch.randn(n, 4 * _FRAMES + 3, 20, generator=g)  # 4 * 32 + 3 fbank frames -> 32
     is_token = (alignment > 0).long().repeat_interleave(4, dim=1)
     features[:, : 4 * _FRAMES, :2] += 2.0 * F.one_hot(is_token, 2)
-    targets, target_lengths = pad_sequences([collapse_alignment(a, 0) for a in rows], 0)
+    targets, target_lengths = pad_sequences([collapse(a, 0) for a in rows], 0)
     feature_lengths = torch.full((n,), 4 * _FRAMES + 3)
     return dict(
         features=features,

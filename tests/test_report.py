@@ -143,9 +143,9 @@ def _synthetic_result(tokenizer: Tokenizer, frames: int = 40, steps: int = 4) ->
     pad = 5  # padding past the length, as in a batch
     align = torch.tensor([alignment + [-1] * pad])
     hist = torch.tensor([history + [-1] * pad])
-    from imputer_asr.decoding.ctc import collapse_alignment
+    from imputer_asr.model.alignment import collapse
 
-    return ImputerResult(align, torch.tensor([frames]), [collapse_alignment(alignment, 0)], hist, steps)
+    return ImputerResult(align, torch.tensor([frames]), [collapse(alignment, 0)], hist, steps)
 
 
 def test_plot_imputation(tmp_path: Path, tokenizer: Tokenizer) -> None:

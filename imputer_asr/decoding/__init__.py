@@ -1,1 +1,2 @@
-"""Decoding: CTC greedy search, Imputer K-step decoding and the lexicon-constrained LM search."""
+"""Decoding: the decoder interface and the one loop over a CutSet (decoder.py), CTC greedy search (ctc.py),
+Imputer K-step and adaptive decoding (imputer.py) and the lexicon-constrained LM search (lm_search.py)."""

@@ -31,7 +31,6 @@ search with a language model (:mod:`imputer_asr.decoding.lm_search`) to read.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,10 +39,9 @@ import torch.nn.functional as F
 from lhotse import CutSet
 from torch import Tensor
 
-from imputer_asr.config import DataConfig
-from imputer_asr.data.dataset import make_loader, with_progress
 from imputer_asr.data.tokenizer import Tokenizer
-from imputer_asr.decoding.ctc import Hypothesis, batch_hypotheses, collapse_alignment
+from imputer_asr.decoding.decoder import BatchDecoding, Hypothesis, decode_cutset
+from imputer_asr.model.alignment import collapse
 from imputer_asr.model.conformer import ImputerModel, padding_mask
 
 __all__ = [
@@ -52,6 +50,8 @@ __all__ = [
     "decode_imputer",
     "decode_imputer_adaptive",
     "imputer_emissions",
+    "KStepDecoder",
+    "AdaptiveDecoder",
     "decode_cuts_imputer",
 ]
 
@@ -100,9 +100,8 @@ def decode_imputer(
         An :class:`ImputerResult` with ``evaluations == steps``.
     """
     _check_steps(steps, block_size, "steps")
-    return _impute_blocks(
-        model, features, feature_lengths, block_size, steps, _fixed_schedule, stop_early=False
-    )
+    run = _step_loop(model, features, feature_lengths, block_size, steps, _fixed_schedule, stop_early=False)
+    return _collapsed(run, model.cfg.blank_id)
 
 
 def imputer_emissions(
@@ -167,16 +166,15 @@ def decode_imputer_adaptive(
         An :class:`ImputerResult` whose ``evaluations`` is the number of steps actually run.
     """
     max_steps = block_size if max_steps is None else max_steps
-    _check_steps(max_steps, block_size, "max_steps")
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be a probability in [0, 1], got {threshold}")
+    _check_adaptive(threshold, max_steps, block_size)
     log_threshold = math.log(threshold) if threshold > 0 else float("-inf")
 
     def schedule(confidence: Tensor, remaining: Tensor, steps_left: int) -> Tensor:
         confident = (confidence > log_threshold).sum(dim=-1)  # -inf (fixed, padded) never counts
         return torch.maximum(confident, _ceil_div(remaining, steps_left))
 
-    return _impute_blocks(model, features, feature_lengths, block_size, max_steps, schedule, stop_early=True)
+    run = _step_loop(model, features, feature_lengths, block_size, max_steps, schedule, stop_early=True)
+    return _collapsed(run, model.cfg.blank_id)
 
 
 @dataclass(frozen=True)
@@ -203,7 +201,7 @@ def _step_loop(
     schedule: _Schedule,
     *,
     stop_early: bool,
-    fix_last: bool,
+    fix_last: bool = True,
 ) -> _Imputation:
     """The imputation loop of every Imputer decoder: up to ``max_steps`` evaluations, each fixing
     the scheduled frames of every block; ``stop_early`` stops once nothing is masked, and with
@@ -256,31 +254,12 @@ def _evaluate(
     return out
 
 
-def _impute_blocks(
-    model: ImputerModel,
-    features: Tensor,
-    feature_lengths: Tensor,
-    block_size: int,
-    max_steps: int,
-    schedule: _Schedule,
-    stop_early: bool,
-) -> ImputerResult:
-    """Decode by the step loop until every frame is fixed, then collapse the alignment."""
-    run = _step_loop(
-        model,
-        features,
-        feature_lengths,
-        block_size,
-        max_steps,
-        schedule,
-        stop_early=stop_early,
-        fix_last=True,
-    )
+def _collapsed(run: _Imputation, blank: int) -> ImputerResult:
+    """The result of a step loop that fixed every frame: the alignment and its CTC collapse."""
     if bool(run.masked.any()):  # the schedules guarantee this never happens
         raise RuntimeError("Imputer decoding left masked frames")
     alignment = run.tokens.masked_fill(padding_mask(run.lengths, run.tokens.size(1)), -1)
-    blank = model.cfg.blank_id
-    collapsed = [collapse_alignment(row, blank) for row in alignment.tolist()]
+    collapsed = [collapse(row, blank) for row in alignment.tolist()]
     return ImputerResult(alignment, run.lengths, collapsed, run.history, run.evaluations)
 
 
@@ -320,11 +299,65 @@ def _check_steps(steps: int, block_size: int, name: str) -> None:
         raise ValueError(f"{name} must lie in [1, block_size={block_size}], got {steps}")
 
 
+def _check_adaptive(threshold: float, max_steps: int, block_size: int) -> None:
+    _check_steps(max_steps, block_size, "max_steps")
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be a probability in [0, 1], got {threshold}")
+
+
+@dataclass(frozen=True)
+class KStepDecoder:
+    """:func:`decode_imputer` as a :class:`~imputer_asr.decoding.decoder.Decoder`: K = ``steps``
+    evaluations per batch; token ids per utterance."""
+
+    steps: int
+    block_size: int = 8
+
+    def __post_init__(self) -> None:
+        _check_steps(self.steps, self.block_size, "steps")
+
+    def __call__(
+        self, model: ImputerModel, features: Tensor, feature_lengths: Tensor
+    ) -> BatchDecoding[list[int]]:
+        return _batch_decoding(decode_imputer(model, features, feature_lengths, self.steps, self.block_size))
+
+
+@dataclass(frozen=True)
+class AdaptiveDecoder:
+    """:func:`decode_imputer_adaptive` as a :class:`~imputer_asr.decoding.decoder.Decoder`: at most
+    ``max_steps`` (default ``block_size``) evaluations, fewer for confident utterances."""
+
+    threshold: float
+    block_size: int = 8
+    max_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        max_steps = self.block_size if self.max_steps is None else self.max_steps
+        _check_adaptive(self.threshold, max_steps, self.block_size)
+
+    def __call__(
+        self, model: ImputerModel, features: Tensor, feature_lengths: Tensor
+    ) -> BatchDecoding[list[int]]:
+        result = decode_imputer_adaptive(
+            model, features, feature_lengths, self.threshold, self.block_size, self.max_steps
+        )
+        return _batch_decoding(result)
+
+
+def _batch_decoding(result: ImputerResult) -> BatchDecoding[list[int]]:
+    """Token ids, and the evaluations each utterance took: the last step that fixed one of its
+    frames (0 for an utterance without frames)."""
+    history = result.history
+    each = history.max(dim=1).values.clamp(min=0).tolist() if history.size(1) else [0] * history.size(0)
+    return BatchDecoding(result.tokens, result.evaluations, each)
+
+
 @dataclass(frozen=True)
 class ImputerDecoding:
-    """Imputer decoding of a CutSet: hypotheses, decoding wall time (s), network evaluations
-    summed over batches, the number of batches, and the evaluations each utterance took, summed
-    (fewer than ``steps`` per utterance only for adaptive decoding, which stops early)."""
+    """Imputer decoding of a CutSet: hypotheses (in the manifest's order), decoding wall time (s),
+    network evaluations summed over batches, the number of batches, and the evaluations each
+    utterance took, summed (fewer than ``steps`` per utterance only for adaptive decoding, which
+    stops early)."""
 
     hyps: list[Hypothesis]
     seconds: float
@@ -343,29 +376,15 @@ def decode_cuts_imputer(
     threshold: float | None = None,
     max_duration: float = 200.0,
 ) -> ImputerDecoding:
-    """Decode every cut with :func:`decode_imputer` (K = ``steps``) or, when ``threshold`` is
-    given, :func:`decode_imputer_adaptive` with ``max_steps = steps``.
-
-    The wall time covers the network and the search, not feature loading, as in
-    :func:`imputer_asr.decoding.ctc.decode_cuts`.
-    """
-    _check_steps(steps, block_size, "steps")
-    model.eval()
-    device = next(model.parameters()).device
-    loader = make_loader(cuts, tokenizer, DataConfig(max_duration=max_duration), train=False)
-    hyps: list[Hypothesis] = []
-    elapsed, evaluations, batches, utterance_evaluations = 0.0, 0, 0, 0
-    for batch in with_progress(loader, len(cuts), f"decode, K={steps}"):
-        features = batch["features"].to(device)
-        lengths = batch["feature_lengths"].to(device)
-        start = time.perf_counter()
-        if threshold is None:
-            result = decode_imputer(model, features, lengths, steps, block_size)
-        else:
-            result = decode_imputer_adaptive(model, features, lengths, threshold, block_size, steps)
-        elapsed += time.perf_counter() - start
-        evaluations += result.evaluations
-        utterance_evaluations += int(result.history.max(dim=1).values.clamp(min=0).sum())
-        batches += 1
-        hyps += batch_hypotheses(batch, result.tokens, tokenizer)
-    return ImputerDecoding(hyps, elapsed, evaluations, batches, utterance_evaluations)
+    """Decode every cut (:func:`~imputer_asr.decoding.decoder.decode_cutset`) with
+    :func:`decode_imputer` (K = ``steps``) or, when ``threshold`` is given,
+    :func:`decode_imputer_adaptive` with ``max_steps = steps``."""
+    decoder: KStepDecoder | AdaptiveDecoder
+    if threshold is None:
+        decoder = KStepDecoder(steps, block_size)
+    else:
+        _check_steps(steps, block_size, "steps")
+        decoder = AdaptiveDecoder(threshold, block_size, max_steps=steps)
+    run = decode_cutset(model, tokenizer, cuts, decoder, max_duration=max_duration, desc=f"decode, K={steps}")
+    hyps = run.hypotheses([tokenizer.decode(ids) for ids in run.outputs])
+    return ImputerDecoding(hyps, run.seconds, run.evaluations, run.batches, run.utterance_evaluations)

@@ -11,7 +11,9 @@ flashlight's lexicon decoder (through :func:`torchaudio.models.decoder.ctc_decod
 The search reads the log-probabilities of the all-[MASK] (CTC) network or, with ``steps`` K > 1 in
 :func:`compute_emissions`, those of the K-th evaluation of the Imputer's K-step block decoding
 (:func:`imputer_asr.decoding.imputer.imputer_emissions`): the search then takes the place of the
-last step's argmax.
+last step's argmax. :func:`compute_emissions` runs the network over a CutSet once, and
+:func:`decode_emissions` and :func:`tune` search its output (in several processes); :class:`LMDecoder`
+is the network and the search of each batch together, a :class:`~imputer_asr.decoding.decoder.Decoder`.
 
 The tokenizer has no silence piece, so ``<unk>``, which the model never emits (it is never a
 target), stands in for flashlight's silence token; word boundaries come from the ``▁`` that starts
@@ -38,16 +40,22 @@ import torch
 from lhotse import CutSet
 from torch import Tensor
 
-from imputer_asr.config import DataConfig
-from imputer_asr.data.dataset import make_loader, with_progress
 from imputer_asr.data.tokenizer import BLANK_PIECE, UNK_PIECE, Tokenizer
-from imputer_asr.decoding.ctc import Hypothesis
+from imputer_asr.decoding.decoder import BatchDecoding, Hypothesis, decode_cutset, hypotheses
 from imputer_asr.decoding.imputer import imputer_emissions
 from imputer_asr.evaluation.scoring import score
 from imputer_asr.lm.ngram import UNK
 from imputer_asr.model.conformer import ImputerModel
 
-__all__ = ["LMWeights", "LexiconBeamSearch", "Emissions", "compute_emissions", "decode_emissions", "tune"]
+__all__ = [
+    "LMWeights",
+    "LexiconBeamSearch",
+    "LMDecoder",
+    "Emissions",
+    "compute_emissions",
+    "decode_emissions",
+    "tune",
+]
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +169,22 @@ class Emissions:
     batches: int = 0
 
 
-@torch.inference_mode()
+@dataclass(frozen=True)
+class _EmissionsDecoder:
+    """The log-probs (T_i, C) of each utterance at the K-th evaluation of K-step decoding."""
+
+    steps: int
+    block_size: int
+
+    def __call__(
+        self, model: ImputerModel, features: Tensor, feature_lengths: Tensor
+    ) -> BatchDecoding[Tensor]:
+        log_probs, lengths = imputer_emissions(model, features, feature_lengths, self.steps, self.block_size)
+        log_probs = log_probs.float().cpu()
+        per_utterance = [log_probs[i, :length].contiguous() for i, length in enumerate(lengths.tolist())]
+        return BatchDecoding(per_utterance, evaluations=self.steps)
+
+
 def compute_emissions(
     model: ImputerModel,
     tokenizer: Tokenizer,
@@ -171,28 +194,31 @@ def compute_emissions(
     steps: int = 1,
     block_size: int = 8,
 ) -> Emissions:
-    """Run the network over every cut: the log-probs of the K-th evaluation of K-step Imputer
-    decoding (:func:`imputer_asr.decoding.imputer.imputer_emissions`, K = ``steps`` in
-    [1, ``block_size``]); K = 1, the default, is the CTC model (all-[MASK] input)."""
+    """Run the network over every cut (:func:`~imputer_asr.decoding.decoder.decode_cutset`, in the
+    manifest's order): the log-probs of the K-th evaluation of K-step Imputer decoding
+    (:func:`imputer_asr.decoding.imputer.imputer_emissions`, K = ``steps`` in [1, ``block_size``]);
+    K = 1, the default, is the CTC model (all-[MASK] input)."""
     if not 1 <= steps <= block_size:
         raise ValueError(f"steps must lie in [1, block_size={block_size}], got {steps}")
-    model.eval()
-    device = next(model.parameters()).device
-    out = Emissions([], [], [], [], 0.0, steps=steps)
-    loader = make_loader(cuts, tokenizer, DataConfig(max_duration=max_duration), train=False)
-    for batch in with_progress(loader, len(cuts), "network"):
-        start = time.perf_counter()
-        features, feature_lengths = batch["features"].to(device), batch["feature_lengths"].to(device)
-        log_probs, lengths = imputer_emissions(model, features, feature_lengths, steps, block_size)
-        log_probs = log_probs.float().cpu()
-        out.seconds += time.perf_counter() - start
-        out.batches += 1
-        for i, length in enumerate(lengths.tolist()):
-            out.log_probs.append(log_probs[i, :length].contiguous())
-        out.cut_ids += batch["cut_ids"]
-        out.refs += batch["texts"]
-        out.durations += [float(d) for d in batch["durations"]]
-    return out
+    decoder = _EmissionsDecoder(steps, block_size)
+    run = decode_cutset(model, tokenizer, cuts, decoder, max_duration=max_duration, desc="network")
+    return Emissions(run.outputs, run.cut_ids, run.refs, run.durations, run.seconds, steps, run.batches)
+
+
+@dataclass(frozen=True)
+class LMDecoder:
+    """The search as a :class:`~imputer_asr.decoding.decoder.Decoder`: each batch's log-probs of the
+    K-th evaluation (K = ``steps``; 1: the CTC network) searched at once, in this process; words per
+    utterance. :func:`compute_emissions` then :func:`decode_emissions` give the same words, and can
+    search in several processes or, with :func:`tune`, under many weights."""
+
+    search: LexiconBeamSearch
+    steps: int = 1
+    block_size: int = 8
+
+    def __call__(self, model: ImputerModel, features: Tensor, feature_lengths: Tensor) -> BatchDecoding[str]:
+        log_probs, lengths = imputer_emissions(model, features, feature_lengths, self.steps, self.block_size)
+        return BatchDecoding(self.search(log_probs, lengths), evaluations=self.steps)
 
 
 class _Searcher:
@@ -260,8 +286,7 @@ def _search(
 
 
 def _hypotheses(emissions: Emissions, texts: list[str]) -> list[Hypothesis]:
-    fields = zip(emissions.cut_ids, emissions.refs, texts, emissions.durations, strict=True)
-    return [Hypothesis(cut_id, ref, hyp, dur) for cut_id, ref, hyp, dur in fields]
+    return hypotheses(emissions.cut_ids, emissions.refs, emissions.durations, texts)
 
 
 def decode_emissions(

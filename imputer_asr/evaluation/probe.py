@@ -34,7 +34,8 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -44,8 +45,9 @@ from torch import Tensor
 from imputer_asr.config import DataConfig
 from imputer_asr.data.dataset import make_loader
 from imputer_asr.data.tokenizer import Tokenizer
-from imputer_asr.decoding.ctc import collapse_alignment, greedy_alignment
+from imputer_asr.decoding.ctc import greedy_alignment
 from imputer_asr.decoding.imputer import decode_imputer
+from imputer_asr.model.alignment import collapse
 from imputer_asr.model.conformer import ImputerModel, padding_mask
 from imputer_asr.model.losses import imputer_loss
 from imputer_asr.training.imputer import _align_feasible
@@ -73,6 +75,7 @@ DEFAULT_FRACTIONS = (0.25, 0.5, 0.75, 0.875)
 SUCCESS_FRACTION, SUCCESS_RATIO = 0.875, 0.5
 """The issue's criterion: at p = 0.875 the expert NLL ratio is at most 0.5."""
 _BATCH_KEYS = ("features", "feature_lengths", "targets", "target_lengths")
+_Tally = TypeVar("_Tally", "_Sums", "_Counts")
 
 
 def shown_per_block(fraction: float, block_size: int) -> int:
@@ -141,13 +144,7 @@ class _Sums:
     completion: float = 0.0
 
     def __add__(self, other: _Sums) -> _Sums:
-        return _Sums(
-            self.frames + other.frames,
-            self.correct + other.correct,
-            self.nll + other.nll,
-            self.kl + other.kl,
-            self.completion + other.completion,
-        )
+        return _add_fields(self, other)
 
 
 @dataclass(frozen=True)
@@ -166,16 +163,13 @@ class _Counts:
     def __add__(self, other: _Counts) -> _Counts:
         keys = self.cells.keys() | other.cells.keys()
         cells = {key: self.cells.get(key, _Sums()) + other.cells.get(key, _Sums()) for key in keys}
-        return _Counts(
-            cells,
-            self.utterances + other.utterances,
-            self.skipped + other.skipped,
-            self.valid_frames + other.valid_frames,
-            self.hidden_norm + other.hidden_norm,
-            self.expert_token_norm + other.expert_token_norm,
-            self.frames_differ + other.frames_differ,
-            self.utterances_differ + other.utterances_differ,
-        )
+        return _add_fields(self, other, cells=cells)
+
+
+def _add_fields(a: _Tally, b: _Tally, **given: object) -> _Tally:
+    """``a`` with each field the sum of ``a``'s and ``b``'s, but those ``given``."""
+    sums = {f.name: getattr(a, f.name) + getattr(b, f.name) for f in fields(a) if f.name not in given}
+    return replace(a, **sums, **given)
 
 
 @dataclass(frozen=True)
@@ -387,7 +381,7 @@ def _disagreement(
     one = greedy[:, : full.alignment.size(1)]
     frames = int((one != full.alignment).sum())  # both -1 past the lengths
     blank = model.cfg.blank_id
-    one_tokens = [collapse_alignment(row, blank) for row in one.tolist()]
+    one_tokens = [collapse(row, blank) for row in one.tolist()]
     utterances = sum(a != b for a, b in zip(one_tokens, full.tokens, strict=True))
     return frames, utterances
 

@@ -17,6 +17,8 @@ batched form needs T steps for the whole batch where torchaudio needs T kernel l
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torchaudio.functional as taf
 from torch import Tensor
@@ -113,20 +115,28 @@ def check_ctc_inputs(
         raise ValueError(f"targets must lie in [0, {c}) and differ from blank={blank}")
 
 
-def collapse(alignment: Tensor, blank: int = 0) -> list[int]:
-    """Labels of one CTC alignment: merge repeated tokens, then drop blanks and -1 padding.
+def collapse(alignment: Tensor | Sequence[int], blank: int = 0) -> list[int]:
+    """Labels of one CTC alignment (a 1-D tensor or a sequence of ints): drop the -1 padding, merge
+    repeated tokens, drop blanks. The CTC collapse of every decoder and aligner.
 
     >>> collapse(torch.tensor([0, 3, 3, 0, 3, 5, -1]))
     [3, 3, 5]
+    >>> collapse([1, 1, 0, 2, 1, -1], blank=0)
+    [1, 2, 1]
     """
-    if alignment.dim() != 1:
-        raise ValueError(f"alignment must be 1-D, got shape {tuple(alignment.shape)}")
-    tokens = alignment[alignment >= 0]
-    if tokens.numel() == 0:
-        return []
-    keep = torch.ones_like(tokens, dtype=torch.bool)
-    keep[1:] = tokens[1:] != tokens[:-1]
-    return [token for token in tokens[keep].tolist() if token != blank]
+    if isinstance(alignment, Tensor):
+        if alignment.dim() != 1:
+            raise ValueError(f"alignment must be 1-D, got shape {tuple(alignment.shape)}")
+        alignment = alignment.tolist()
+    labels: list[int] = []
+    previous = None
+    for token in alignment:
+        if token < 0:
+            continue
+        if token != previous and token != blank:
+            labels.append(int(token))
+        previous = token
+    return labels
 
 
 def _check_lengths(name: str, lengths: Tensor, n: int, limit: int) -> None:
