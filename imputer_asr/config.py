@@ -1,7 +1,8 @@
 """Configuration: frozen dataclasses, one per concern, and their JSON round trip.
 
 An experiment is described by an :class:`ExperimentConfig` (features, model, data, training). Recipes keep
-one JSON file per setting; command-line ``--set section.field=value`` pairs override single fields.
+one JSON file per setting, holding only what differs from the dataclass defaults or from the file named by
+its ``"base"`` key; command-line ``--set section.field=value`` pairs override single fields.
 The resolved config is written next to every experiment and stored inside every checkpoint, so decoding
 rebuilds the model from the checkpoint alone.
 
@@ -198,29 +199,68 @@ def config_to_dict(cfg: ExperimentConfig) -> dict[str, dict[str, Any]]:
     return dataclasses.asdict(cfg)
 
 
-def _section_from_dict(cls: type, values: dict[str, Any], section: str) -> Any:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
+def _check_sections(values: Any) -> None:
+    """ValueError unless ``values`` maps known sections to objects of their known fields."""
+    if not isinstance(values, dict):
+        raise ValueError(f"a config is a JSON object of sections, got {type(values).__name__}")
+    unknown = sorted(set(values) - set(_SECTIONS))
     if unknown:
-        raise ValueError(f"unknown field(s) in config section '{section}': {', '.join(unknown)}")
-    return cls(**values)
+        raise ValueError(f"unknown config section(s): {', '.join(unknown)}")
+    for section, fields in values.items():
+        if not isinstance(fields, dict):
+            raise ValueError(f"config section '{section}' is not an object: {fields!r}")
+        unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(_SECTIONS[section])})
+        if unknown:
+            raise ValueError(f"unknown field(s) in config section '{section}': {', '.join(unknown)}")
+
+
+def _section_from_dict(cls: type, values: dict[str, Any]) -> Any:
+    # JSON writes 30.0 as 30 when a person types it so: a float field takes it as the float it means.
+    floats = {f.name for f in dataclasses.fields(cls) if f.type in (float, "float")}
+    return cls(**{k: float(v) if k in floats and type(v) is int else v for k, v in values.items()})
 
 
 def config_from_dict(values: dict[str, Any]) -> ExperimentConfig:
     """Inverse of :func:`config_to_dict`; missing sections and fields take their defaults."""
-    unknown = sorted(set(values) - set(_SECTIONS))
-    if unknown:
-        raise ValueError(f"unknown config section(s): {', '.join(unknown)}")
-    parts = {name: _section_from_dict(cls, values.get(name, {}), name) for name, cls in _SECTIONS.items()}
+    _check_sections(values)
+    parts = {name: _section_from_dict(cls, values.get(name, {})) for name, cls in _SECTIONS.items()}
     return ExperimentConfig(**parts)
 
 
-def load_config(path: Path) -> ExperimentConfig:
-    """Read a JSON config file; a clear ValueError names the file when it is not valid."""
+def _read_config_file(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """The sections of one config file and of its bases, merged; ``chain``: the files that led here."""
     try:
-        values = json.loads(Path(path).read_text())
+        values = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"cannot read config {path}: {exc}") from None
+        base_of = f" (the base of {chain[-1]})" if chain else ""
+        raise ValueError(f"cannot read config {path}{base_of}: {exc}") from None
+    base = values.pop("base", None) if isinstance(values, dict) else None
+    try:
+        _check_sections(values)
+        if base is not None and not isinstance(base, str):
+            raise ValueError(f"'base' names a file, got {base!r}")
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    if base is None:
+        return values
+    base_path = path.parent / base
+    resolved = base_path.resolve()
+    if resolved in (p.resolve() for p in (*chain, path)):
+        cycle = " -> ".join(str(p) for p in (*chain, path, base_path))
+        raise ValueError(f"config base cycle: {cycle}")
+    merged = _read_config_file(base_path, (*chain, path))
+    for section, fields in values.items():
+        merged[section] = {**merged.get(section, {}), **fields}
+    return merged
+
+
+def load_config(path: Path) -> ExperimentConfig:
+    """Read a JSON config file; a clear ValueError names the file when it is not valid.
+
+    A top-level ``"base": "other.json"`` (relative to this file) is read first, its own base before
+    it, and this file's fields override the base's one by one, so a config holds only what differs.
+    """
+    values = _read_config_file(Path(path), ())
     try:
         return config_from_dict(values)
     except (TypeError, ValueError) as exc:
