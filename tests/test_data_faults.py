@@ -9,6 +9,8 @@ import gzip
 import json
 import logging
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,13 +19,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from lhotse import CutSet
+import torch
+from lhotse import CutSet, NumpyFilesWriter
 
+import imputer_asr.training.imputer as imputer_train
 from imputer_asr.cli import main
 from imputer_asr.config import DataConfig, ExperimentConfig, FeatureConfig, TrainConfig, save_config
-from imputer_asr.data.dataset import load_cuts, make_loader
+from imputer_asr.data.dataset import alignment_file, load_cuts, make_loader
 from imputer_asr.data.prepare import filter_cuts
 from imputer_asr.decoding.ctc import decode_cuts
+from imputer_asr.model.conformer import ImputerModel
+from imputer_asr.training.imputer import align_cuts, alignment_storage, check_cut_alignments
 from imputer_asr.training.loop import fit
 
 pytestmark = pytest.mark.faults
@@ -43,8 +49,9 @@ def _write_lines(path: Path, lines: list[str]) -> Path:
 def test_a_manifest_line_that_is_not_json_is_named_with_its_line(tiny_corpus, tmp_path, capsys, fault_tally):
     lines = _lines(tiny_corpus.fbank_cuts("train"))
     bad = _write_lines(tmp_path / "cuts.jsonl.gz", lines[:2] + ['{"id": "half a line'] + lines[3:])
+    cuts = load_cuts(bad)  # lazy: the pass that meets the line names it
     with pytest.raises(ValueError, match=rf"{bad}, line 3: not JSON"):
-        load_cuts(bad)
+        list(cuts)
     # Through the command line: one line on stderr, exit status 1, no traceback.
     bpe = tiny_corpus.fbank_dir.parent / "bpe.model"
     dev = tiny_corpus.fbank_cuts("dev")
@@ -62,14 +69,18 @@ def test_a_json_line_that_is_not_a_cut_and_a_cut_short_manifest_are_named(tiny_c
     lines = _lines(tiny_corpus.fbank_cuts("train"))
     not_cut = _write_lines(tmp_path / "other.jsonl.gz", lines[:4] + ['{"hello": 1}'])
     with pytest.raises(ValueError, match=rf"{not_cut}, line 5: not a cut"):
-        load_cuts(not_cut)
+        list(load_cuts(not_cut))
     whole = tiny_corpus.fbank_cuts("train").read_bytes()
     short = tmp_path / "short.jsonl.gz"
     short.write_bytes(whole[: len(whole) // 2])
     with pytest.raises(ValueError, match=rf"{short}: cannot be read after line \d+"):
-        load_cuts(short)
+        list(load_cuts(short))
+    with pytest.raises(ValueError, match=rf"{short}: cannot be read after line \d+"):
+        len(load_cuts(short))
+    with pytest.raises(ValueError, match=rf"{tmp_path / 'absent.jsonl.gz'}: no such cuts manifest"):
+        load_cuts(tmp_path / "absent.jsonl.gz")
     assert len(load_cuts(tiny_corpus.fbank_cuts("train"))) == len(lines)
-    fault_tally(injected=2, checked=3)
+    fault_tally(injected=3, checked=5)
 
 
 def _with_bad_features(tiny_corpus, tmp_path: Path, how: str) -> tuple[CutSet, str]:
@@ -215,4 +226,119 @@ def test_fbank_killed_part_way_is_redone_by_the_rerun_as_a_clean_run_writes_it(
     for cut_id, (record, feats) in want.items():
         assert got[cut_id][0] == record
         np.testing.assert_array_equal(got[cut_id][1], feats)
+    fault_tally(injected=1, resumed=1, checked=len(want))
+
+
+@pytest.fixture
+def aligned_cuts(tiny_corpus, small_model_config, tmp_path) -> Path:
+    """The tiny training cuts aligned under an untrained model: ``tmp_path/aligned.jsonl.gz``."""
+    torch.manual_seed(0)
+    model = ImputerModel(small_model_config(tiny_corpus.tokenizer))
+    out = tmp_path / "aligned.jsonl.gz"
+    align_cuts(model, load_cuts(tiny_corpus.fbank_cuts("train")), tiny_corpus.tokenizer, out)
+    return out
+
+
+@pytest.mark.parametrize("how", ["missing", "corrupt", "another array"])
+def test_an_unreadable_alignment_file_is_named_and_left_out_of_training(
+    tiny_corpus, aligned_cuts, how, fault_tally
+):
+    tok = tiny_corpus.tokenizer
+    victim = next(iter(load_cuts(aligned_cuts)))
+    where = Path(alignment_file(victim.custom["alignment"]))
+    if how == "missing":
+        where.unlink()
+    elif how == "corrupt":
+        where.write_bytes(where.read_bytes()[:20])  # cut short inside the .npy header
+    else:
+        np.save(where, np.zeros(3, dtype=np.int32))
+    # Decoding, validation, alignment: an error naming the cut and the file.
+    eval_loader = make_loader(load_cuts(aligned_cuts), tok, DataConfig(max_duration=200.0), train=False)
+    with pytest.raises(ValueError, match=rf"unreadable alignments: {victim.id} \({re.escape(str(where))}: "):
+        list(eval_loader)
+    # Training: every batch complete but for that cut, which is named with its file.
+    seen, named = [], []
+    cfg = DataConfig(max_duration=15.0, num_workers=0, num_buckets=3)
+    for batch in make_loader(load_cuts(aligned_cuts), tok, cfg, train=True, seed=0):
+        seen += batch["cut_ids"]
+        named += batch["unreadable"]
+    assert sorted(seen) == sorted(c.id for c in load_cuts(aligned_cuts) if c.id != victim.id)
+    assert len(named) == 1 and named[0].startswith(f"{victim.id} ({where}: ")
+    fault_tally(injected=1, checked=2)
+
+
+def test_a_missing_alignment_storage_or_inline_alignments_are_refused_before_training(
+    tiny_corpus, aligned_cuts, tmp_path, fault_tally
+):
+    tok = tiny_corpus.tokenizer
+    check_cut_alignments(load_cuts(aligned_cuts))  # as written: fine
+    # An older align stage's manifest, its alignments inline: refused, in training too.
+    inline = tmp_path / "inline.jsonl.gz"
+    old = [c.with_custom("alignment", [0] * c.custom["alignment"].shape[0]) for c in load_cuts(aligned_cuts)]
+    CutSet(old).to_file(inline)
+    with pytest.raises(ValueError, match="12 cut.s. carry their alignment inline .* rerun the align stage"):
+        check_cut_alignments(load_cuts(inline))
+    with pytest.raises(ValueError, match="is a list in the manifest, not an array in storage"):
+        next(iter(make_loader(load_cuts(inline), tok, DataConfig(num_workers=0), train=True)))
+    # The storage gone: named before training starts.
+    storage = alignment_storage(aligned_cuts)
+    shutil.rmtree(storage)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(storage))}: no such alignment storage"):
+        check_cut_alignments(load_cuts(aligned_cuts))
+    fault_tally(injected=2, checked=3)
+
+
+def _alignment_files(out: Path) -> dict[str, bytes]:
+    """The manifest's bytes and every stored alignment file's, by path under the manifest's directory."""
+    files = {out.name: gzip.decompress(out.read_bytes())}
+    storage = alignment_storage(out)
+    files.update({str(p.relative_to(out.parent)): p.read_bytes() for p in sorted(storage.rglob("*.npy"))})
+    return files
+
+
+@pytest.mark.parametrize("where", ["storage", "manifest"])
+def test_an_align_stage_failing_part_way_keeps_the_previous_manifest_and_storage(
+    tiny_corpus, small_model_config, aligned_cuts, monkeypatch, where, fault_tally
+):
+    """The failure is a full disk part-way through the new storage, or through the new manifest; the
+    previous pair stays whole and readable, nothing temporary is left, and the rerun writes what a
+    clean run writes."""
+    tok = tiny_corpus.tokenizer
+    before = _alignment_files(aligned_cuts)
+    torch.manual_seed(1)  # another model: other alignments
+    model = ImputerModel(small_model_config(tok))
+    cuts = load_cuts(tiny_corpus.fbank_cuts("train"))
+    clean = aligned_cuts.with_name("clean.jsonl.gz")
+    align_cuts(model, cuts, tok, clean)
+    writes = []
+
+    def full_disk(*args, **kwargs):
+        writes.append(1)
+        if len(writes) > 4:
+            raise OSError(28, "No space left on device")
+        return real(*args, **kwargs)
+
+    if where == "storage":
+        real = NumpyFilesWriter.write
+        monkeypatch.setattr(NumpyFilesWriter, "write", lambda self, *a: full_disk(self, *a))
+    else:
+        real = imputer_train.write_cuts_atomic
+        writes += [1] * 4
+        monkeypatch.setattr(imputer_train, "write_cuts_atomic", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        align_cuts(model, cuts, tok, aligned_cuts)
+    assert _alignment_files(aligned_cuts) == before
+    assert sorted(p.name for p in aligned_cuts.parent.iterdir()) == sorted(
+        [aligned_cuts.name, alignment_storage(aligned_cuts).name, clean.name, alignment_storage(clean).name]
+    )
+    batch = next(iter(make_loader(load_cuts(aligned_cuts), tok, DataConfig(), train=False)))
+    assert "alignments" in batch
+    monkeypatch.undo()
+    align_cuts(model, cuts, tok, aligned_cuts)
+    rerun = _alignment_files(aligned_cuts)
+    want = {
+        k.replace("clean", "aligned"): v.replace(b"clean.alignments", b"aligned.alignments")
+        for k, v in _alignment_files(clean).items()
+    }
+    assert rerun == want and rerun != before
     fault_tally(injected=1, resumed=1, checked=len(want))

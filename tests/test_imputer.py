@@ -11,11 +11,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 
 import pytest
 import torch
 import torch.nn.functional as F
 from lhotse import CutSet
+from lhotse.array import TemporalArray
 from lhotse.testing.dummies import DummyManifest
 from lhotse.utils import fastcopy
 
@@ -29,7 +31,7 @@ from imputer_asr.config import (
     TrainConfig,
     save_config,
 )
-from imputer_asr.data.dataset import AsrDataset
+from imputer_asr.data.dataset import load_cuts, make_loader
 from imputer_asr.decoding.ctc import ctc_greedy_search
 from imputer_asr.decoding.imputer import decode_imputer, decode_imputer_adaptive, imputer_emissions
 from imputer_asr.model.alignment import collapse
@@ -37,6 +39,7 @@ from imputer_asr.model.conformer import ImputerModel, subsampled_lengths
 from imputer_asr.training.checkpoint import load_packaged, package_model
 from imputer_asr.training.imputer import (
     align_cuts,
+    alignment_storage,
     imputer_objective,
     imputer_start,
     learner_alignment,
@@ -395,32 +398,78 @@ def test_objective_learner_rollin_and_length_check():
 
 
 @pytest.fixture(scope="module")
-def aligned(tiny_corpus):
+def aligned(tiny_corpus, tmp_path_factory):
+    """(model, input cuts, the cuts align_cuts wrote, the alignments it computed: cut id -> tensor)."""
     tok = tiny_corpus.tokenizer
     model = _model(vocab=tok.vocab_size)
     cuts = CutSet.from_file(tiny_corpus.fbank_cuts("train")).to_eager()
-    return model, cuts, align_cuts(model, cuts, tok)
+    computed = _ComputedAlignments()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(imputer_train, "with_progress", computed.batches)
+        patch.setattr(imputer_train, "_align_feasible", computed.align)
+        out = align_cuts(model, cuts, tok, tmp_path_factory.mktemp("align") / "aligned.jsonl.gz")
+    return model, cuts, out, computed.by_cut()
 
 
-def test_align_cuts_collapse_to_transcripts(tiny_corpus, aligned, tmp_path):
+class _ComputedAlignments:
+    """Records what align_cuts computes: the cut ids of each batch and the alignments of its rows."""
+
+    def __init__(self) -> None:
+        self.real_align = imputer_train._align_feasible
+        self.cut_ids: list[list[str]] = []
+        self.rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def batches(self, loader, *args, **kwargs):
+        for batch in loader:
+            self.cut_ids.append(list(batch["cut_ids"]))
+            yield batch
+
+    def align(self, log_probs, lengths, *args, **kwargs):
+        alignment, feasible = self.real_align(log_probs, lengths, *args, **kwargs)
+        self.rows.append((alignment.clone(), lengths.clone(), feasible.clone()))
+        return alignment, feasible
+
+    def by_cut(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for ids, (alignment, lengths, feasible) in zip(self.cut_ids, self.rows, strict=True):
+            for i, cut_id in enumerate(ids):
+                if feasible[i]:
+                    out[cut_id] = alignment[i, : int(lengths[i])]
+        return out
+
+
+def test_align_cuts_collapse_to_transcripts(tiny_corpus, aligned):
     tok = tiny_corpus.tokenizer
-    _, cuts, out = aligned
-    assert [c.id for c in out] == [c.id for c in cuts]
-    path = tmp_path / "aligned.jsonl.gz"
-    out.to_file(path)
-    reread = CutSet.from_file(path).to_eager()
-    for cut in reread:
-        alignment = cut.custom["alignment"]
-        assert len(alignment) == int(subsampled_lengths(torch.tensor(cut.num_frames)))
+    _, cuts, out, _ = aligned
+    assert out.is_lazy and [c.id for c in out] == [c.id for c in cuts]
+    for cut in out:
+        stored = cut.custom["alignment"]
+        assert isinstance(stored, TemporalArray) and stored.array.storage_type == "numpy_files"
+        alignment = stored.load()
+        assert alignment.shape == (int(subsampled_lengths(torch.tensor(cut.num_frames))),)
         text = " ".join(s.text for s in cut.supervisions)
-        assert collapse(torch.tensor(alignment)) == tok.encode(text)
-    batch = AsrDataset(tok)[reread.subset(first=4)]
-    assert batch["alignments"].shape[0] == 4
-    assert batch["alignment_lengths"].tolist() == (batch["alignments"] >= 0).sum(1).tolist()
+        assert collapse(torch.from_numpy(alignment).long()) == tok.encode(text)
 
 
-def test_align_cuts_runs_the_model_without_autograd(tiny_corpus, aligned, monkeypatch):
-    model, cuts, _ = aligned
+def test_an_alignment_round_trips_bit_exactly_through_storage_into_the_batch(tiny_corpus, aligned):
+    """The oracle: the alignments align_cuts computed (recorded before they were stored)."""
+    tok = tiny_corpus.tokenizer
+    _, cuts, out, computed = aligned
+    assert sorted(computed) == sorted(c.id for c in cuts)
+    seen = []
+    for batch in make_loader(out, tok, DataConfig(max_duration=12.0), train=False):
+        assert batch["alignment_lengths"].tolist() == [len(computed[i]) for i in batch["cut_ids"]]
+        for row, length, cut_id in zip(
+            batch["alignments"], batch["alignment_lengths"], batch["cut_ids"], strict=True
+        ):
+            assert torch.equal(row[:length], computed[cut_id])
+            assert bool((row[length:] == -1).all())
+        seen += batch["cut_ids"]
+    assert sorted(seen) == sorted(computed)
+
+
+def test_align_cuts_runs_the_model_without_autograd(tiny_corpus, aligned, monkeypatch, tmp_path):
+    model, cuts, _, _ = aligned
     seen = []
     forward = model.forward
 
@@ -429,18 +478,34 @@ def test_align_cuts_runs_the_model_without_autograd(tiny_corpus, aligned, monkey
         return forward(*args, **kwargs)
 
     monkeypatch.setattr(model, "forward", recording_forward)
-    align_cuts(model, cuts.subset(first=2), tiny_corpus.tokenizer)
+    align_cuts(model, cuts.subset(first=2), tiny_corpus.tokenizer, tmp_path / "aligned.jsonl.gz")
     assert seen and all(seen)
 
 
-def test_align_cuts_drops_unalignable(tiny_corpus, aligned):
-    model, cuts, _ = aligned
+def test_align_cuts_drops_unalignable(tiny_corpus, aligned, tmp_path):
+    model, cuts, _, _ = aligned
     first = cuts[0]
     long_text = " ".join(["hello world"] * 200)
     sups = [dataclasses.replace(first.supervisions[0], text=long_text)]
     changed = CutSet.from_cuts([fastcopy(first, supervisions=sups)] + list(cuts)[1:3])
-    out = align_cuts(model, changed, tiny_corpus.tokenizer)
+    out = align_cuts(model, changed, tiny_corpus.tokenizer, tmp_path / "aligned.jsonl.gz")
     assert [c.id for c in out] == [c.id for c in list(cuts)[1:3]]
+    assert len(list((tmp_path / "aligned.alignments").rglob("*.npy"))) == 2
+    for few in (changed.subset(first=1), CutSet([])):
+        out = align_cuts(model, few, tiny_corpus.tokenizer, tmp_path / "few.jsonl.gz")
+        assert len(out) == 0 and not list((tmp_path / "few.alignments").iterdir())
+
+
+def test_realigning_a_manifest_in_place_replaces_it_and_its_storage(tiny_corpus, aligned, tmp_path):
+    model, cuts, _, computed = aligned
+    path = tmp_path / "aligned.jsonl.gz"
+    align_cuts(_model(vocab=tiny_corpus.tokenizer.vocab_size, seed=5), cuts, tiny_corpus.tokenizer, path)
+    shutil.rmtree(alignment_storage(path))  # the old alignments unreadable: not read
+    out = align_cuts(model, load_cuts(path), tiny_corpus.tokenizer, path)
+    assert [c.id for c in out] == [c.id for c in cuts]
+    for cut in out:
+        assert torch.equal(torch.from_numpy(cut.custom["alignment"].load()).long(), computed[cut.id])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["aligned.alignments", "aligned.jsonl.gz"]
 
 
 def test_cli_align_train_decode(tiny_corpus, tmp_path):
@@ -540,8 +605,23 @@ def test_sample_hours_draws_just_enough_audio_in_input_order():
         sample_hours(cuts, 0.0)
 
 
+def test_sample_hours_of_a_lazy_manifest_is_the_eager_draw_read_lazily(tmp_path):
+    durations = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
+    eager = CutSet.from_cuts(
+        fastcopy(cut, duration=d)
+        for cut, d in zip(DummyManifest(CutSet, begin_id=0, end_id=8), durations, strict=True)
+    )
+    eager.to_file(tmp_path / "cuts.jsonl.gz")
+    lazy = load_cuts(tmp_path / "cuts.jsonl.gz")
+    for seed in range(5):
+        subset = sample_hours(lazy, 10.0 / 3600, seed=seed)
+        want = [c.id for c in sample_hours(eager, 10.0 / 3600, seed=seed)]
+        assert subset.is_lazy and len(subset) == len(want)
+        assert [c.id for c in subset] == want == [c.id for c in subset]  # every pass the same
+
+
 def test_cli_align_max_hours_aligns_a_subset(tiny_corpus, aligned, tmp_path, caplog):
-    model, cuts, _ = aligned
+    model, cuts, _, _ = aligned
     tok = tiny_corpus.tokenizer
     cfg = ExperimentConfig(model=model.cfg, data=DataConfig(max_duration=30.0, num_workers=0))
     ctc = tmp_path / "ctc.pt"

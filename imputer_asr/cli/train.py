@@ -10,7 +10,6 @@ from pathlib import Path
 
 from imputer_asr.cli.common import default_of, load_cuts, positive_float, resolve_runtime
 from imputer_asr.cli.runtime import add_runtime_options
-from imputer_asr.files import write_cuts_atomic
 
 __all__ = ["add_commands"]
 
@@ -65,7 +64,7 @@ def _trainable(cuts, tokenizer, cfg):
     stage filtered with the one it was given; another vocabulary may need more frames)."""
     from imputer_asr.data.prepare import filter_cuts
 
-    return filter_cuts(cuts, tokenizer, cfg.features, max_duration=float("inf")).to_eager()
+    return filter_cuts(cuts, tokenizer, cfg.features, max_duration=float("inf"))
 
 
 def _resolved_config(args, tokenizer):
@@ -180,7 +179,7 @@ def _hours(cuts) -> float:
 
 def _run_align(args) -> None:
     from imputer_asr.training.checkpoint import load_packaged
-    from imputer_asr.training.imputer import align_cuts, sample_hours
+    from imputer_asr.training.imputer import align_cuts, alignment_storage, sample_hours
 
     resolve_runtime(args)
     packaged = load_packaged(args.model)
@@ -196,9 +195,8 @@ def _run_align(args) -> None:
             _hours(cuts),
         )
         cuts = subset
-    cuts = align_cuts(packaged.model, cuts, packaged.tokenizer, max_duration=args.max_duration)
-    write_cuts_atomic(cuts, args.out)
-    log.info("wrote %s", args.out)
+    align_cuts(packaged.model, cuts, packaged.tokenizer, args.out, max_duration=args.max_duration)
+    log.info("wrote %s, its alignments in %s", args.out, alignment_storage(args.out))
 
 
 def _add_train_imputer(sub) -> None:

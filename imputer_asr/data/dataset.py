@@ -1,13 +1,16 @@
 """Batches of precomputed features: lhotse samplers in, padded tensors out.
 
+Manifests are read lazily (:func:`load_cuts`): a pass over the cuts reads the file line by line, so
+the training sampler holds its buffer of cuts, not the whole set.
+
 A batch is a dict:
     features (N, T, F) float, feature_lengths (N,) long, targets (N, S) long (padded with blank),
     target_lengths (N,) long, texts list[str], cut_ids list[str], durations list[float],
-    and, when every cut carries an alignment (Imputer training, ``cut.custom["alignment"]``: a list of
-    ints written by the align stage, or a lhotse array), alignments (N, T') long padded with -1 and
-    alignment_lengths (N,) long.
+    and, when every cut carries an alignment (Imputer training, ``cut.custom["alignment"]``: a lhotse
+    TemporalArray that the align stage wrote to array storage), alignments (N, T') long padded with -1
+    and alignment_lengths (N,) long.
 
->>> # loader = make_loader(cuts, tokenizer, DataConfig(), train=True)
+>>> # loader = make_loader(load_cuts(path), tokenizer, DataConfig(), train=True)
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ from __future__ import annotations
 import gzip
 import itertools
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from lhotse import CutSet
+from lhotse.array import TemporalArray
+from lhotse.cut import Cut
 from lhotse.cut.set import deserialize_cut
 from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler, SpecAugment
 from lhotse.dataset.collation import collate_features
@@ -33,10 +38,13 @@ from imputer_asr.data.tokenizer import Tokenizer
 __all__ = [
     "AsrDataset",
     "load_cuts",
+    "count_cuts",
+    "lazy_subset",
     "with_progress",
     "make_sampler",
     "make_loader",
     "pad_sequences",
+    "alignment_file",
     "ALIGNMENT_FIELD",
 ]
 
@@ -44,35 +52,100 @@ ALIGNMENT_FIELD = "alignment"
 
 
 def load_cuts(path: Path) -> CutSet:
-    """The cuts of a lhotse manifest (``.jsonl`` or ``.jsonl.gz``), read eagerly.
+    """The cuts of a lhotse manifest (``.jsonl`` or ``.jsonl.gz``), read lazily: each pass over them
+    reads the file again, line by line, and ``len`` counts its lines.
 
     Raises:
-        ValueError: naming the file (and the line) when it is missing, truncated, or holds a line that
-            is not a cut.
+        ValueError: naming the file when it is missing; and, from the pass that meets it, naming the
+            file and the line when it is truncated or holds a line that is not a cut.
+
+    >>> # cuts = load_cuts(Path("data/fbank/cuts_train_fbank.jsonl.gz")); cuts.is_lazy -> True
     """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such cuts manifest; run the stage that writes it first")
-    cuts, number = [], 0
-    opener = gzip.open if path.suffix == ".gz" else open
+    return CutSet(_CutManifest(path))
+
+
+class _CutManifest:
+    """The cuts of one manifest file, deserialised as they are iterated (what a lazy CutSet reads)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._len: int | None = None
+
+    def __iter__(self) -> Iterator[Cut]:
+        for number, line in self._lines():
+            try:
+                yield deserialize_cut(json.loads(line))
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                what = (
+                    "not JSON"
+                    if isinstance(exc, json.JSONDecodeError)
+                    else f"not a cut ({type(exc).__name__}: {exc})"
+                )
+                raise ValueError(
+                    f"{self.path}, line {number}: {what}; rerun the stage that wrote it"
+                ) from None
+
+    def __len__(self) -> int:
+        if self._len is None:
+            self._len = sum(1 for _ in self._lines())
+        return self._len
+
+    def _lines(self) -> Iterator[tuple[int, str]]:
+        """(line number, line) of each non-blank line."""
+        number = 0
+        opener = gzip.open if self.path.suffix == ".gz" else open
+        try:
+            with opener(self.path, "rt", encoding="utf-8") as lines:
+                for line in lines:
+                    number += 1
+                    if line.strip():
+                        yield number, line
+        except (OSError, EOFError, UnicodeDecodeError) as exc:  # gzip raises these for a cut-short file
+            raise ValueError(
+                f"{self.path}: cannot be read after line {number} ({exc}); rerun the stage that wrote it"
+            ) from None
+
+
+class _SizedFilter:
+    """The cuts of ``source`` that ``keep`` accepts, chosen as they are iterated, and their number.
+
+    lhotse's lazy filter cannot say how many cuts it keeps; the progress bars and the feature
+    statistics ask, and the code that builds one of these has counted them while choosing them.
+    """
+
+    def __init__(self, source: Iterable[Cut], keep: Callable[[Cut], bool], length: int) -> None:
+        self.source, self.keep, self.length = source, keep, length
+
+    def __iter__(self) -> Iterator[Cut]:
+        return filter(self.keep, self.source)
+
+    def __len__(self) -> int:
+        return self.length
+
+
+def lazy_subset(cuts: CutSet, keep: Callable[[Cut], bool], length: int) -> CutSet:
+    """The ``length`` cuts of ``cuts`` that ``keep`` accepts, in their order, as a lazy CutSet with a
+    length (``keep`` is called on each pass; it must accept exactly ``length`` of them).
+
+    >>> from lhotse.testing.dummies import DummyManifest
+    >>> cuts = DummyManifest(CutSet, begin_id=0, end_id=10)
+    >>> even = lazy_subset(cuts, lambda cut: int(cut.id[-4:]) % 2 == 0, 5)
+    >>> even.is_lazy, len(even), len(list(even))
+    (True, 5, 5)
+    """
+    return CutSet(_SizedFilter(cuts, keep, length))
+
+
+def count_cuts(cuts: CutSet) -> int:
+    """``len(cuts)``, or the number of cuts a pass over them yields when they cannot tell (a lazy
+    lhotse filter)."""
     try:
-        with opener(path, "rt", encoding="utf-8") as lines:
-            for line in lines:
-                number += 1  # kept for the error messages below
-                if line.strip():
-                    cuts.append(deserialize_cut(json.loads(line)))
-    except (OSError, EOFError, UnicodeDecodeError) as exc:  # gzip raises these for a cut-short file
-        raise ValueError(
-            f"{path}: cannot be read after line {number} ({exc}); rerun the stage that wrote it"
-        ) from None
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        what = (
-            "not JSON"
-            if isinstance(exc, json.JSONDecodeError)
-            else f"not a cut ({type(exc).__name__}: {exc})"
-        )
-        raise ValueError(f"{path}, line {number}: {what}; rerun the stage that wrote it") from None
-    return CutSet.from_cuts(cuts)
+        return len(cuts)
+    except TypeError:
+        return sum(1 for _ in cuts)
 
 
 def pad_sequences(seqs: Sequence[Sequence[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,16 +153,17 @@ def pad_sequences(seqs: Sequence[Sequence[int]], value: int) -> tuple[torch.Tens
     lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
     out = torch.full((len(seqs), int(lengths.max()) if len(seqs) else 0), value, dtype=torch.long)
     for i, s in enumerate(seqs):
-        out[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+        out[i, : len(s)] = torch.from_numpy(np.asarray(s, dtype=np.int64))
     return out, lengths
 
 
 class AsrDataset(Dataset):
     """Map a CutSet (one sampler batch) to padded tensors; SpecAugment when ``spec_augment``.
 
-    A cut whose features cannot be read (a missing or corrupt storage file) raises a ValueError that
-    names the cut and the file, or, with ``skip_unreadable`` (training), is left out of the batch and
-    named in its ``"unreadable"`` list; a batch of such cuts only has ``cut_ids`` [] and that list.
+    A cut whose features or alignment cannot be read (a missing or corrupt storage file) raises a
+    ValueError that names the cut and the file, or, with ``skip_unreadable`` (training), is left out of
+    the batch and named in its ``"unreadable"`` list; a batch of such cuts only has ``cut_ids`` [] and
+    that list. An alignment stored inline in the manifest (by an older align stage) always raises.
     """
 
     def __init__(
@@ -101,14 +175,20 @@ class AsrDataset(Dataset):
 
     def __getitem__(self, cuts: CutSet) -> dict:
         cuts = cuts.sort_by_duration(ascending=False)
+        aligned = all(c.has_custom(ALIGNMENT_FIELD) for c in cuts)
+        alignments: dict[str, np.ndarray] = {}
         unreadable: list[str] = []
+        if aligned:
+            alignments, unreadable = self._read_alignments(cuts)
+            cuts = CutSet([c for c in cuts if c.id in alignments])
         try:
-            features, feature_lengths = collate_features(cuts)
+            features, feature_lengths = collate_features(cuts) if cuts else (None, None)
         except Exception:  # storage backends raise many types; find the cuts at fault (or raise again)
-            cuts, unreadable = self._readable(cuts)
-            if not cuts:
-                return {"cut_ids": [], "unreadable": unreadable}
-            features, feature_lengths = collate_features(cuts)
+            cuts, more = self._readable(cuts)
+            unreadable += more
+            features, feature_lengths = collate_features(cuts) if cuts else (None, None)
+        if not cuts:
+            return {"cut_ids": [], "unreadable": unreadable}
         if self.spec_augment is not None:
             features = self.spec_augment(features)
         texts = [" ".join(s.text for s in c.supervisions) for c in cuts]
@@ -123,9 +203,10 @@ class AsrDataset(Dataset):
             "durations": [c.duration for c in cuts],
             "unreadable": unreadable,
         }
-        if all(c.has_custom(ALIGNMENT_FIELD) for c in cuts):
-            aligns = [_load_alignment(c) for c in cuts]
-            batch["alignments"], batch["alignment_lengths"] = pad_sequences(aligns, -1)
+        if aligned:
+            batch["alignments"], batch["alignment_lengths"] = pad_sequences(
+                [alignments[c.id] for c in cuts], -1
+            )
         return batch
 
     def _readable(self, cuts: CutSet) -> tuple[CutSet, list[str]]:
@@ -137,8 +218,7 @@ class AsrDataset(Dataset):
                 good.append(cut)
             except Exception as exc:  # storage backends raise many types for a missing or corrupt file
                 where = f"{cut.features.storage_path}" if cut.has_features else "no features"
-                reason = str(exc).splitlines()[0] if str(exc) else ""  # lhotse appends the whole cut
-                unreadable.append(f"{cut.id} ({where}: {type(exc).__name__}: {reason})")
+                unreadable.append(f"{cut.id} ({where}: {_first_line(exc)})")
         if unreadable and not self.skip_unreadable:
             raise ValueError(
                 f"{len(unreadable)} cut(s) with unreadable features: {'; '.join(unreadable[:3])}; "
@@ -146,14 +226,68 @@ class AsrDataset(Dataset):
             )
         return CutSet.from_cuts(good), unreadable
 
+    def _read_alignments(self, cuts: CutSet) -> tuple[dict[str, np.ndarray], list[str]]:
+        """cut id -> stored alignment of the cuts whose alignment loads; a message for each other."""
+        alignments, unreadable = {}, []
+        for cut in cuts:
+            try:
+                alignments[cut.id] = _load_alignment(cut)
+            except _UnreadableAlignment as exc:
+                unreadable.append(f"{cut.id} ({exc})")
+        if unreadable and not self.skip_unreadable:
+            raise ValueError(
+                f"{len(unreadable)} cut(s) with unreadable alignments: {'; '.join(unreadable[:3])}; "
+                "rerun the align stage"
+            )
+        return alignments, unreadable
 
-def _load_alignment(cut) -> list[int]:
-    """A cut's stored alignment: a list of ints in the manifest (what ``align`` writes), or a
-    lhotse Array/TemporalArray manifest."""
+
+class _UnreadableAlignment(Exception):
+    """An alignment's storage file is missing or does not hold what the manifest says."""
+
+
+def _first_line(exc: Exception) -> str:
+    """``Type: message`` of ``exc``, its first line only: lhotse appends the whole cut to its messages."""
+    reason = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {reason}"
+
+
+def _load_alignment(cut: Cut) -> np.ndarray:
+    """A cut's alignment: the whole array the align stage stored.
+
+    Read with the array's own ``load``, not the cut's ``load_custom``, which would cut out the frames
+    of the cut's start and duration at the array's frame shift; the alignment has one frame per encoder
+    frame, which that arithmetic need not reproduce.
+
+    Raises:
+        ValueError: the manifest holds the alignment inline (a list, as older align stages wrote it).
+        _UnreadableAlignment: naming the storage file, when it is missing or holds another array.
+    """
     value = cut.custom[ALIGNMENT_FIELD]
-    if isinstance(value, (list, tuple)):
-        return list(value)
-    return np.asarray(cut.load_custom(ALIGNMENT_FIELD)).astype(np.int64).tolist()
+    if not isinstance(value, TemporalArray):
+        raise ValueError(
+            f"cut {cut.id}: its '{ALIGNMENT_FIELD}' is a {type(value).__name__} in the manifest, not an "
+            "array in storage (a manifest from an older align stage); rerun the align stage"
+        )
+    where = alignment_file(value)
+    try:
+        alignment = value.load()
+    except Exception as exc:  # storage backends raise many types for a missing or corrupt file
+        raise _UnreadableAlignment(f"{where}: {_first_line(exc)}") from None
+    if alignment.shape != tuple(value.shape) or not np.issubdtype(alignment.dtype, np.integer):
+        raise _UnreadableAlignment(
+            f"{where}: holds a {alignment.dtype} array of shape {alignment.shape}, the manifest says "
+            f"{tuple(value.shape)} integers"
+        )
+    return alignment
+
+
+def alignment_file(alignment: TemporalArray) -> str:
+    """Where an alignment is stored: its file (numpy_files storage), else its storage and key."""
+    array = alignment.array
+    if array.storage_type == "numpy_files":
+        return str(Path(array.storage_path) / array.storage_key)
+    return f"{array.storage_path} (key {array.storage_key})"
 
 
 def make_sampler(
@@ -170,6 +304,11 @@ def make_sampler(
 
     ``sort_by_duration`` (for the first training epoch) feeds the shortest utterances first, which
     shortens the all-blank plateau of CTC training (SortaGrad, Deep Speech 2).
+
+    The bucketing sampler reads lazy ``cuts`` as it goes, holding a buffer of them. The sorted one
+    holds them all: a global order by duration needs every duration before the first batch and then
+    the cuts in that order, which a (gzipped) manifest read line by line cannot give. That is the
+    dev and test sets (a few thousand cuts), and the training set for the sorted first epoch only.
     """
     if train and not sort_by_duration:
         return DynamicBucketingSampler(

@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import logging
 import tarfile
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
 from lhotse import CutSet, Fbank, FbankConfig, LilcomChunkyWriter
+from lhotse.cut import Cut
 from lhotse.recipes import download_librispeech, prepare_librispeech
 from lhotse.recipes.librispeech import LIBRISPEECH
 from lhotse.utils import compute_num_frames
 
 from imputer_asr.config import FeatureConfig
 from imputer_asr.data.augment import ChannelAugment
+from imputer_asr.data.dataset import lazy_subset, load_cuts
 from imputer_asr.data.tokenizer import Tokenizer
 from imputer_asr.files import write_cuts_atomic
 
@@ -100,11 +103,16 @@ def combine_manifests(manifest_dir: Path, parts: Sequence[str], name: str) -> Pa
     out = _cuts_path(manifest_dir, name)
     if out.is_file():
         return out
+    if not parts:
+        raise ValueError(f"no parts to combine into {out}")
     paths = [_cuts_path(manifest_dir, p) for p in parts]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise ValueError(f"{', '.join(missing)}: no such manifest; run the manifests stage first")
-    write_cuts_atomic(CutSet.from_cuts(c for p in paths for c in CutSet.from_file(p)).to_eager(), out)
+    combined = load_cuts(paths[0])
+    for path in paths[1:]:
+        combined = combined + load_cuts(path)  # lazy: written as it is read
+    write_cuts_atomic(combined, out)
     return out
 
 
@@ -113,7 +121,7 @@ def manifest_texts(manifest_dir: Path, part: str) -> list[str]:
     path = _cuts_path(manifest_dir, part)
     if not path.is_file():
         raise ValueError(f"{path}: no such manifest; run the manifests stage first")
-    return [s.text for c in CutSet.from_file(path) for s in c.supervisions]
+    return [s.text for c in load_cuts(path) for s in c.supervisions]
 
 
 def ctc_feasible(num_encoder_frames: int, token_ids: Sequence[int]) -> bool:
@@ -128,42 +136,73 @@ def ctc_feasible(num_encoder_frames: int, token_ids: Sequence[int]) -> bool:
     return num_encoder_frames >= len(token_ids) + repeats
 
 
+class _Trainable:
+    """The test of :func:`filter_cuts`, as an object a lazy CutSet can call on each pass."""
+
+    def __init__(self, tokenizer: Tokenizer, features: FeatureConfig, max_duration: float) -> None:
+        self.tokenizer, self.features, self.max_duration = tokenizer, features, max_duration
+
+    def drop_reason(self, cut: Cut) -> str | None:
+        """None for a cut to keep, else why not: "long", "unspellable" or "short"."""
+        if cut.duration > self.max_duration:
+            return "long"
+        ids = self.tokenizer.encode(_transcript(cut))
+        if self.tokenizer.unk_id in ids:
+            return "unspellable"
+        frames = compute_num_frames(cut.duration, self.features.frame_shift, self.features.sample_rate)
+        encoder_frames = ((frames - 1) // 2 - 1) // 2
+        if not ids or not ctc_feasible(encoder_frames, ids):
+            return "short"
+        return None
+
+    def __call__(self, cut: Cut) -> bool:
+        return self.drop_reason(cut) is None
+
+
+def _transcript(cut: Cut) -> str:
+    return " ".join(s.text for s in cut.supervisions)
+
+
 def filter_cuts(cuts: CutSet, tokenizer: Tokenizer, features: FeatureConfig, max_duration: float) -> CutSet:
     """Keep cuts of at most ``max_duration`` seconds that CTC can align after 4x subsampling, and
     whose transcript the tokenizer can spell (a character it lacks would become ``<unk>``: the
-    first such cut is named in the log)."""
-    kept, dropped_long, dropped_short, unspellable = [], 0, 0, []
+    first such cut is named in the log).
+
+    Eager cuts are filtered now. Lazy ones are counted now, in one pass that holds none of them (for
+    the log and the length), and come back as a lazy CutSet that filters them again as it is read.
+    """
+    trainable = _Trainable(tokenizer, features, max_duration)
+    kept: list[Cut] = []
+    total, num_kept, dropped, unspellable = 0, 0, Counter(), None
     for cut in cuts:
-        if cut.duration > max_duration:
-            dropped_long += 1
+        total += 1
+        reason = trainable.drop_reason(cut)
+        if reason is None:
+            num_kept += 1
+            if not cuts.is_lazy:
+                kept.append(cut)
             continue
-        text = " ".join(s.text for s in cut.supervisions)
-        ids = tokenizer.encode(text)
-        if tokenizer.unk_id in ids:
-            unspellable.append((cut.id, text))
-            continue
-        frames = compute_num_frames(cut.duration, features.frame_shift, features.sample_rate)
-        encoder_frames = ((frames - 1) // 2 - 1) // 2
-        if not ids or not ctc_feasible(encoder_frames, ids):
-            dropped_short += 1
-            continue
-        kept.append(cut)
-    if dropped_long or dropped_short or unspellable:
+        dropped[reason] += 1
+        if reason == "unspellable" and unspellable is None:
+            unspellable = (cut.id, _transcript(cut))
+    if dropped:
         log.info(
             "filtered %d of %d cuts: %d longer than %.0f s, %d too short for their transcript, "
             "%d with characters outside the tokenizer",
-            dropped_long + dropped_short + len(unspellable),
-            len(cuts),
-            dropped_long,
+            dropped.total(),
+            total,
+            dropped["long"],
             max_duration,
-            dropped_short,
-            len(unspellable),
+            dropped["short"],
+            dropped["unspellable"],
         )
-    if unspellable:
-        cut_id, text = unspellable[0]
+    if unspellable is not None:
+        cut_id, text = unspellable
         odd = sorted({ch for ch in text if tokenizer.unk_id in tokenizer.encode(ch)})
         log.warning("e.g. cut %s: %r not in the tokenizer (transcript %r)", cut_id, "".join(odd), text)
-    return CutSet.from_cuts(kept)
+    if cuts.is_lazy:
+        return lazy_subset(cuts, trainable, num_kept)
+    return CutSet(kept)
 
 
 def fbank_extractor(features: FeatureConfig) -> Fbank:
@@ -212,6 +251,8 @@ def compute_fbank(
     bad_speeds = [s for s in speeds if not 0.5 <= s <= 2.0 or s == 1.0]
     if bad_speeds:
         raise ValueError(f"speed factors must be in [0.5, 2] and not 1, got {bad_speeds}")
+    # Eager: the speed-perturbed copies are made from these cuts, and the feature extraction splits
+    # them among its worker processes. Manifests without features are small.
     cuts = CutSet.from_file(path).to_eager()
     if augment:
         cuts = cuts + CutSet.from_cuts(c for s in speeds for c in cuts.perturb_speed(s))

@@ -1,7 +1,8 @@
 """What training the Imputer needs beyond CTC: expert alignments of the training cuts, and its objective.
 
 The expert alignment of a cut is the forced (Viterbi) alignment of its transcript under a trained
-CTC model, computed once by :func:`align_cuts` and stored in the cut manifest. The objective
+CTC model, computed once by :func:`align_cuts` and stored in lhotse array storage beside the cut
+manifest that points to it (:func:`alignment_storage`). The objective
 (:func:`imputer_objective`) masks that alignment block-wise (:func:`imputer_asr.training.masking.block_mask`,
 k ~ U{1..B} masked frames per block), feeds the shown tokens to the network and scores the
 transcript with the Imputer loss: the CTC dynamic program restricted to the alignments that agree
@@ -12,21 +13,39 @@ Alignments are at the encoder frame rate (T' = ((T - 1) // 2 - 1) // 2 for T fba
 stored alignment is only valid for the features it was computed from.
 
 >>> # objective = imputer_objective(block_size=8, ctc_weight=0.5, learner_fraction=0.0)
->>> # fit(cfg, exp_dir, align_cuts(ctc_model, train_cuts, tokenizer), dev_cuts, tokenizer, objective)
+>>> # aligned = align_cuts(ctc_model, train_cuts, tokenizer, Path("exp/cuts_train_aligned.jsonl.gz"))
+>>> # fit(cfg, exp_dir, aligned, dev_cuts, tokenizer, objective)
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import shutil
+import zlib
+from pathlib import Path
+from urllib.parse import quote
 
+import numpy as np
 import torch
-from lhotse import CutSet
+from lhotse import CutSet, NumpyFilesWriter
+from lhotse.array import Array, TemporalArray
+from lhotse.cut import Cut
+from lhotse.dataset import DynamicBucketingSampler
+from lhotse.utils import fastcopy
 from torch import Tensor
+from torch.utils.data import DataLoader
 
-from imputer_asr.config import DataConfig
-from imputer_asr.data.dataset import ALIGNMENT_FIELD, make_loader, with_progress
+from imputer_asr.data.dataset import (
+    ALIGNMENT_FIELD,
+    AsrDataset,
+    count_cuts,
+    lazy_subset,
+    load_cuts,
+    with_progress,
+)
 from imputer_asr.data.tokenizer import Tokenizer
+from imputer_asr.files import write_cuts_atomic
 from imputer_asr.model.alignment import forced_align, min_alignment_length
 from imputer_asr.model.conformer import ImputerModel, subsampled_lengths
 from imputer_asr.model.losses import ctc_loss, imputer_loss
@@ -38,6 +57,7 @@ __all__ = [
     "imputer_start",
     "learner_alignment",
     "align_cuts",
+    "alignment_storage",
     "sample_hours",
     "check_cut_alignments",
 ]
@@ -232,37 +252,57 @@ def _expert_alignment(batch: dict, lengths: Tensor, width: int) -> Tensor:
 
 
 def check_cut_alignments(cuts: CutSet) -> None:
-    """Raise ValueError unless every cut carries an alignment of ``subsampled_lengths(num_frames)``
-    frames: the check the train-imputer stage runs before training starts."""
-    missing, wrong = [], []
+    """Raise ValueError unless every cut carries an alignment in array storage of
+    ``subsampled_lengths(num_frames)`` frames, in a storage that exists: the check the train-imputer
+    stage runs before training starts. One pass over the manifest; no alignment is read."""
+    counts = {"missing": 0, "inline": 0, "wrong": 0}
+    first: dict[str, str] = {}
+    storages: set[str] = set()
     for cut in cuts:
-        if not cut.has_custom(ALIGNMENT_FIELD):
-            missing.append(cut.id)
-            continue
-        stored = cut.custom[ALIGNMENT_FIELD]
-        expected = int(subsampled_lengths(torch.tensor(cut.num_frames)))
-        if isinstance(stored, (list, tuple)) and len(stored) != expected:  # arrays: checked per batch
-            wrong.append(cut.id)
-    if missing:
+        stored = cut.custom.get(ALIGNMENT_FIELD) if cut.custom else None
+        if stored is None:
+            fault = "missing"
+        elif not isinstance(stored, TemporalArray):
+            fault = "inline"
+        else:
+            storages.add(stored.array.storage_path)
+            expected = int(subsampled_lengths(torch.tensor(cut.num_frames)))
+            fault = "wrong" if stored.shape[0] != expected else None
+        if fault is not None:
+            counts[fault] += 1
+            first.setdefault(fault, cut.id)
+    if counts["missing"]:
         raise ValueError(
-            f"{len(missing)} cut(s) have no '{ALIGNMENT_FIELD}' (e.g. {missing[0]}): run the align "
-            f"stage on these cuts, or set imputer.learner_fraction=1"
+            f"{counts['missing']} cut(s) have no '{ALIGNMENT_FIELD}' (e.g. {first['missing']}): run the "
+            f"align stage on these cuts, or set imputer.learner_fraction=1"
         )
-    if wrong:
+    if counts["inline"]:
         raise ValueError(
-            f"{len(wrong)} cut(s) have an alignment whose length does not match their features "
-            f"(e.g. {wrong[0]}): rerun the align stage on the current features"
+            f"{counts['inline']} cut(s) carry their alignment inline in the manifest (e.g. "
+            f"{first['inline']}), as the align stage wrote it before alignments moved to array storage: "
+            "rerun the align stage"
+        )
+    if counts["wrong"]:
+        raise ValueError(
+            f"{counts['wrong']} cut(s) have an alignment whose length does not match their features "
+            f"(e.g. {first['wrong']}): rerun the align stage on the current features"
+        )
+    absent = sorted(path for path in storages if not Path(path).exists())
+    if absent:
+        raise ValueError(
+            f"{absent[0]}: no such alignment storage (the manifest names it): rerun the align stage"
         )
 
 
 def sample_hours(cuts: CutSet, hours: float, seed: int = 0) -> CutSet:
     """A seeded random subset of ``cuts`` with at least ``hours`` of audio (all of them when they
-    hold less), in the input order.
+    hold less), in the input order; lazy when ``cuts`` are.
 
     The Imputer continues a trained CTC model for a few hundred updates, which read only part of a
     speed-perturbed training set; aligning just the audio it will read saves most of the align
     stage. Cuts are drawn without replacement until the total reaches ``hours``, so the subset
-    overshoots by less than one cut.
+    overshoots by less than one cut. The draw needs the number and durations of all the cuts: one
+    pass reads them (ids and durations only), and the subset is read as it is iterated.
 
     >>> from lhotse.testing.dummies import DummyManifest
     >>> cuts = DummyManifest(CutSet, begin_id=0, end_id=10)  # ten 1-second cuts
@@ -271,41 +311,72 @@ def sample_hours(cuts: CutSet, hours: float, seed: int = 0) -> CutSet:
     """
     if not hours > 0:
         raise ValueError(f"hours must be positive, got {hours}")
-    cuts = cuts.to_eager()
+    ids, durations = [], []
+    for cut in cuts:
+        ids.append(cut.id)
+        durations.append(cut.duration)
     budget = hours * 3600.0
-    if sum(cut.duration for cut in cuts) <= budget:
+    if sum(durations) <= budget:
         return cuts
-    order = list(range(len(cuts)))
+    order = list(range(len(ids)))
     random.Random(seed).shuffle(order)
-    chosen, total = [], 0.0
+    chosen, total = set(), 0.0
     for index in order:
         if total >= budget:
             break
-        chosen.append(index)
-        total += cuts[index].duration
-    return CutSet.from_cuts(cuts[i] for i in sorted(chosen))
+        chosen.add(ids[index])
+        total += durations[index]
+    if cuts.is_lazy:
+        return lazy_subset(cuts, _IdIn(frozenset(chosen)), len(chosen))
+    return CutSet([cut for cut in cuts if cut.id in chosen])
+
+
+class _IdIn:
+    """Whether a cut's id is one of ``ids`` (a predicate a lazy CutSet can hold)."""
+
+    def __init__(self, ids: frozenset[str]) -> None:
+        self.ids = ids
+
+    def __call__(self, cut: Cut) -> bool:
+        return cut.id in self.ids
+
+
+def alignment_storage(manifest: Path) -> Path:
+    """The directory holding the alignments of the cuts manifest ``manifest`` (:func:`align_cuts`).
+
+    >>> alignment_storage(Path("exp/cuts_train_aligned.jsonl.gz")).as_posix()
+    'exp/cuts_train_aligned.alignments'
+    """
+    manifest = Path(manifest)
+    return manifest.with_name(f"{manifest.name.removesuffix('.gz').removesuffix('.jsonl')}.alignments")
 
 
 @torch.inference_mode()
 def align_cuts(
-    model: ImputerModel, cuts: CutSet, tokenizer: Tokenizer, *, max_duration: float = 200.0
+    model: ImputerModel, cuts: CutSet, tokenizer: Tokenizer, out: Path, *, max_duration: float = 200.0
 ) -> CutSet:
-    """Expert alignments: the forced alignment of every cut's transcript under a CTC ``model``.
+    """Expert alignments: the forced alignment of every cut's transcript under a CTC ``model``,
+    written to the cuts manifest ``out`` and its array storage; returns the cuts of ``out`` (lazy).
 
-    Each returned cut carries ``cut.custom["alignment"]``: a list of ints, one token per encoder
-    frame (blank 0, pieces 1..C-1). Stored inline in the manifest rather than in lhotse array
-    storage: the manifest stays the single file a stage writes and the training loader reads, with
-    no side storage to keep in sync with it, and it stays readable. The cost is size: about three
-    bytes per 40 ms frame before gzip (a few MB for the synthetic corpus, roughly 1 GB uncompressed
-    for 3 x 960 h of speed-perturbed LibriSpeech, where array storage would be the better choice).
+    Each cut of ``out`` carries ``cut.custom["alignment"]``: a lhotse TemporalArray of int32 tokens,
+    one per encoder frame (blank 0, pieces 1..C-1; frame shift 4x the features'), stored as a ``.npy``
+    file under :func:`alignment_storage` (lhotse's numpy_files storage: lossless and needing no other
+    package; a 960 h x 3 set makes some 850k files of about 1 kB, spread over 4096 directories).
+
+    The manifest and its storage are replaced as a pair: the storage is written under a temporary
+    name, then the old manifest is removed, the new storage renamed into place, and the new manifest
+    last. A crash leaves the previous manifest with its storage, or no manifest (rerun the stage),
+    never a manifest naming a storage that is half written or another run's.
 
     Cuts that cannot be aligned (fewer encoder frames than their labels need) are dropped, with a
-    logged count. The returned cuts keep the input order.
+    logged count. The cuts keep the input order. ``cuts`` are read in two passes (the alignment, then
+    the manifest), neither holding them all.
 
     Args:
         model: the CTC model (an Imputer fed all-[MASK]); run in eval mode.
         cuts: cuts with features and supervisions.
         tokenizer: the model's tokenizer (its vocabulary must match the model's).
+        out: the cuts manifest to write (``.jsonl.gz``).
         max_duration: seconds of audio per batch.
     """
     if tokenizer.vocab_size != model.cfg.vocab_size or tokenizer.mask_id != model.cfg.mask_id:
@@ -313,23 +384,85 @@ def align_cuts(
             f"tokenizer ({tokenizer.vocab_size} classes) does not match the model "
             f"({model.cfg.vocab_size} classes)"
         )
+    out = Path(out)
+    storage = alignment_storage(out)
+    staging = storage.with_name(f".{storage.name}.tmp")
+    staged = out.with_name(f".staged-{out.name}")
+    shutil.rmtree(staging, ignore_errors=True)  # a killed run's
+    staging.mkdir(parents=True)
+    total = count_cuts(cuts)
+    try:
+        stored = _write_alignments(model, cuts, tokenizer, staging, total, max_duration)
+        write_cuts_atomic(_with_alignments(cuts, stored, storage), staged)
+        out.unlink(missing_ok=True)
+        if storage.exists():
+            shutil.rmtree(storage)
+        staging.rename(storage)
+        staged.replace(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        staged.unlink(missing_ok=True)
+    if total > len(stored):
+        log.warning("dropped %d of %d cuts that cannot be aligned (too short)", total - len(stored), total)
+    log.info("aligned %d cuts into %s", len(stored), storage)
+    return load_cuts(out)
+
+
+def _write_alignments(
+    model: ImputerModel, cuts: CutSet, tokenizer: Tokenizer, storage: Path, total: int, max_duration: float
+) -> dict[str, tuple[str, int]]:
+    """Align the cuts and store each alignment in ``storage``: cut id -> (storage key, frames) of
+    those that have one. The batches are drawn as they are read (a bucketing sampler, not shuffled)."""
     model.eval()
     device = next(model.parameters()).device
-    loader = make_loader(cuts, tokenizer, DataConfig(max_duration=max_duration), train=False)
-    aligned: dict[str, list[int]] = {}
-    for batch in with_progress(loader, len(cuts), "align"):
-        log_probs, lengths = model(batch["features"].to(device), batch["feature_lengths"].to(device))
-        alignment, feasible = _align_feasible(
-            log_probs, lengths, batch["targets"], batch["target_lengths"], model.cfg.blank_id
-        )
-        for i, cut_id in enumerate(batch["cut_ids"]):
-            if feasible[i]:
-                aligned[cut_id] = alignment[i, : int(lengths[i])].tolist()
-    out = CutSet.from_cuts(
-        cut.with_custom(ALIGNMENT_FIELD, aligned[cut.id]) for cut in cuts if cut.id in aligned
-    )
-    dropped = len(cuts) - len(aligned)
-    if dropped:
-        log.warning("dropped %d of %d cuts that cannot be aligned (too short)", dropped, len(cuts))
-    log.info("aligned %d cuts", len(aligned))
-    return out
+    bins = list(_ALIGN_BUCKETS)  # fixed: lhotse's estimate of them needs more cuts than buckets
+    cuts = cuts.map(_without_alignment)  # realigning: the old alignments are neither needed nor read
+    sampler = DynamicBucketingSampler(cuts, max_duration=max_duration, duration_bins=bins, shuffle=False)
+    loader = DataLoader(AsrDataset(tokenizer), sampler=sampler, batch_size=None)
+    stored: dict[str, tuple[str, int]] = {}
+    with NumpyFilesWriter(storage) as writer:
+        for batch in with_progress(loader, total, "align"):
+            log_probs, lengths = model(batch["features"].to(device), batch["feature_lengths"].to(device))
+            alignment, feasible = _align_feasible(
+                log_probs, lengths, batch["targets"], batch["target_lengths"], model.cfg.blank_id
+            )
+            rows = alignment.cpu().numpy().astype(np.int32)
+            for i, cut_id in enumerate(batch["cut_ids"]):
+                if feasible[i]:
+                    frames = int(lengths[i])
+                    stored[cut_id] = (writer.write(_storage_key(cut_id), rows[i, :frames]), frames)
+    return stored
+
+
+def _without_alignment(cut: Cut) -> Cut:
+    if not cut.has_custom(ALIGNMENT_FIELD):
+        return cut
+    return fastcopy(cut, custom={k: v for k, v in cut.custom.items() if k != ALIGNMENT_FIELD})
+
+
+_ALIGN_BUCKETS = (2.0, 3.0, 4.0, 5.5, 7.5, 10.0, 13.5, 18.0, 24.0)
+"""Duration edges (s) of the align stage's batches: within a bucket the longest cut is at most ~1.35x
+the shortest (the last one aside), which bounds the padding computed."""
+
+
+def _storage_key(cut_id: str) -> str:
+    """A file name for a cut's alignment; lhotse files it under a directory named by its first three
+    characters, here a hash of the id (4096 of them) rather than the id's own start, which a
+    speaker or corpus prefix shares with most of the set."""
+    return f"{zlib.crc32(cut_id.encode()) % 4096:03x}-{quote(cut_id, safe='')}"
+
+
+def _with_alignments(cuts: CutSet, stored: dict[str, tuple[str, int]], storage: Path) -> CutSet:
+    """The cuts that have a stored alignment, each pointing to it, made as they are read."""
+
+    def aligned():
+        for cut in cuts:
+            if cut.id in stored:
+                key, frames = stored[cut.id]
+                array = Array(NumpyFilesWriter.name, str(storage), key, [frames])
+                alignment = TemporalArray(
+                    array, temporal_dim=0, frame_shift=4 * cut.frame_shift, start=cut.start
+                )
+                yield cut.with_custom(ALIGNMENT_FIELD, alignment)
+
+    return CutSet(aligned())

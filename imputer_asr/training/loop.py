@@ -29,7 +29,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from imputer_asr.config import DataConfig, ExperimentConfig, TrainConfig, config_to_dict, save_config
-from imputer_asr.data.dataset import make_loader
+from imputer_asr.data.dataset import count_cuts, make_loader
 from imputer_asr.data.tokenizer import Tokenizer
 from imputer_asr.decoding.ctc import Hypothesis, batch_hypotheses, ctc_greedy_search
 from imputer_asr.evaluation.scoring import score
@@ -254,7 +254,7 @@ def train_one_epoch(
     bar.close()
 
 
-Decoder = Callable[[ImputerModel, Tokenizer, CutSet], list[Hypothesis]]
+CutSetDecoder = Callable[[ImputerModel, Tokenizer, CutSet], list[Hypothesis]]
 """(model, tokenizer, cuts) -> hypotheses, used for the dev WER during training."""
 
 
@@ -264,7 +264,7 @@ def validate(
     tokenizer: Tokenizer,
     cuts: CutSet,
     objective: Objective,
-    decoder: Decoder | None = None,
+    decoder: CutSetDecoder | None = None,
 ) -> dict[str, float]:
     """Dev loss per token and the decoder's WER/CER (fractions).
 
@@ -294,9 +294,10 @@ def validate(
 
 def feature_stats(cuts: CutSet, max_cuts: int = 500, utterance_cmn: bool = False) -> tuple[Tensor, Tensor]:
     """Mean and standard deviation per feature dimension over (up to) ``max_cuts`` cuts spread evenly
-    through ``cuts``; with ``utterance_cmn``, of each cut's features less their mean."""
+    through ``cuts``; with ``utterance_cmn``, of each cut's features less their mean. Lazy cuts are
+    read as they are iterated (and counted first when they cannot say how many they are)."""
     total, total_sq, frames = None, None, 0
-    stride = max(1, len(cuts) // max_cuts)
+    stride = max(1, count_cuts(cuts) // max_cuts)
     for i, cut in enumerate(cuts):
         if i % stride:
             continue
@@ -485,7 +486,7 @@ def fit(
     objective: Objective = ctc_objective,
     init_weights: dict[str, Tensor] | None = None,
     resume: bool = True,
-    decoder: Decoder | None = None,
+    decoder: CutSetDecoder | None = None,
     trained_as: str = "ctc",
 ) -> ImputerModel:
     """Train, validate and checkpoint every epoch; returns the trained model.
@@ -565,7 +566,7 @@ def _train_epochs(
     runner: ParallelObjective,
     optimizer: torch.optim.Optimizer,
     clock: _Clock,
-    decoder: Decoder | None,
+    decoder: CutSetDecoder | None,
     trained_as: str,
     sort: bool,
 ) -> None:
