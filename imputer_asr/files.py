@@ -16,7 +16,8 @@ target, saying whether its previous version is intact.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -36,21 +37,10 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     over instead of leaving it behind; it is opened like any file, with 0666 less the umask.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    except OSError as exc:  # a full disk or a read-only directory: say which file, keep the old one
-        tmp.unlink(missing_ok=True)
-        kept = "; the previous one is intact" if path.exists() else ""
-        raise OSError(exc.errno, f"{path}: cannot write it ({exc.strerror or exc}){kept}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with _replacing(path, path.with_name(f".{path.name}.tmp")) as tmp, open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -72,10 +62,17 @@ def torch_save_atomic(obj: Any, path: Path) -> None:
 def write_cuts_atomic(cuts, path: Path) -> None:
     """``CutSet.to_file``: the temporary file keeps the name's ending, from which lhotse takes the format."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    try:
+    with _replacing(path, path.with_name(f".tmp-{path.name}")) as tmp:
         cuts.to_file(tmp)
+
+
+@contextmanager
+def _replacing(path: Path, tmp: Path) -> Iterator[Path]:
+    """Yield ``tmp`` to be written, then rename it over ``path``; on failure remove it and, for an
+    ``OSError`` (a full disk, a read-only directory), say which file and whether the old one is kept."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield tmp
         tmp.replace(path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)

@@ -22,8 +22,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         add(sub)
 
 
-def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a CTC model (the Imputer has its own stage)")
+def _add_experiment_options(p, train_cuts: str) -> None:
+    """The options of both trainings: what to train (config, overrides), where, on what."""
     p.add_argument("--config", type=Path, required=True, help="JSON experiment config")
     p.add_argument(
         "--set",
@@ -33,8 +33,13 @@ def _add_train(sub) -> None:
         help="override a config field (repeat)",
     )
     p.add_argument("--exp-dir", type=Path, required=True)
-    p.add_argument("--train-cuts", type=Path, required=True)
+    p.add_argument("--train-cuts", type=Path, required=True, help=train_cuts)
     p.add_argument("--dev-cuts", type=Path, required=True)
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a CTC model (the Imputer has its own stage)")
+    _add_experiment_options(p, train_cuts="cuts with features")
     p.add_argument("--bpe", type=Path, required=True)
     p.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint")
     p.add_argument("--init-from", type=Path, default=None, help="start from a packaged model's weights")
@@ -201,17 +206,7 @@ def _run_align(args) -> None:
 
 def _add_train_imputer(sub) -> None:
     p = sub.add_parser("train-imputer", help="train the Imputer (imputer section of the config)")
-    p.add_argument("--config", type=Path, required=True, help="JSON experiment config")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.FIELD=VALUE",
-        help="override a config field (repeat)",
-    )
-    p.add_argument("--exp-dir", type=Path, required=True)
-    p.add_argument("--train-cuts", type=Path, required=True, help="cuts with alignments (align stage)")
-    p.add_argument("--dev-cuts", type=Path, required=True)
+    _add_experiment_options(p, train_cuts="cuts with alignments (align stage)")
     p.add_argument("--bpe", type=Path, required=True)
     p.add_argument("--init-from", type=Path, default=None, help="packaged CTC model.pt to start from")
     p.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint")
