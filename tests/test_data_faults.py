@@ -10,17 +10,17 @@ import json
 import logging
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
-from lhotse import CutSet, NumpyFilesWriter
+from lhotse import CutSet, NumpyHdf5Writer
 
 import imputer_asr.training.imputer as imputer_train
 from imputer_asr.cli import main
@@ -239,22 +239,27 @@ def aligned_cuts(tiny_corpus, small_model_config, tmp_path) -> Path:
     return out
 
 
-@pytest.mark.parametrize("how", ["missing", "corrupt", "another array"])
-def test_an_unreadable_alignment_file_is_named_and_left_out_of_training(
+@pytest.mark.parametrize("how", ["missing", "another array"])
+def test_an_unreadable_alignment_is_named_and_left_out_of_training(
     tiny_corpus, aligned_cuts, how, fault_tally
 ):
+    """One cut's entry in the HDF5 storage deleted, or replaced by an array of another shape."""
     tok = tiny_corpus.tokenizer
     victim = next(iter(load_cuts(aligned_cuts)))
-    where = Path(alignment_file(victim.custom["alignment"]))
-    if how == "missing":
-        where.unlink()
-    elif how == "corrupt":
-        where.write_bytes(where.read_bytes()[:20])  # cut short inside the .npy header
-    else:
-        np.save(where, np.zeros(3, dtype=np.int32))
+    array = victim.custom["alignment"].array
+    where = alignment_file(victim.custom["alignment"])
+    assert where == f"{alignment_storage(aligned_cuts)}, key {array.storage_key}"
+    with h5py.File(array.storage_path, "a") as storage:
+        del storage[array.storage_key]
+        if how == "another array":
+            storage[array.storage_key] = np.zeros(3, dtype=np.int32)
+    # Before training: the cut and its storage named.
+    unstored = rf"1 cut.s. have no alignment .* \(e.g. {victim.id} in {re.escape(array.storage_path)}\)"
+    with pytest.raises(ValueError, match=unstored):
+        check_cut_alignments(load_cuts(aligned_cuts))
     # Decoding, validation, alignment: an error naming the cut and the file.
     eval_loader = make_loader(load_cuts(aligned_cuts), tok, DataConfig(max_duration=200.0), train=False)
-    with pytest.raises(ValueError, match=rf"unreadable alignments: {victim.id} \({re.escape(str(where))}: "):
+    with pytest.raises(ValueError, match=rf"unreadable alignments: {victim.id} \({re.escape(where)}: "):
         list(eval_loader)
     # Training: every batch complete but for that cut, which is named with its file.
     seen, named = [], []
@@ -264,7 +269,38 @@ def test_an_unreadable_alignment_file_is_named_and_left_out_of_training(
         named += batch["unreadable"]
     assert sorted(seen) == sorted(c.id for c in load_cuts(aligned_cuts) if c.id != victim.id)
     assert len(named) == 1 and named[0].startswith(f"{victim.id} ({where}: ")
-    fault_tally(injected=1, checked=2)
+    fault_tally(injected=1, checked=3)
+
+
+@pytest.mark.parametrize("how", ["missing", "cut short", "not HDF5"])
+def test_an_unreadable_alignment_storage_is_named_before_and_during_training(
+    tiny_corpus, aligned_cuts, how, fault_tally
+):
+    """The one file of a manifest's alignments gone, cut short (a disk that filled under a copy), or
+    overwritten with zeros: the check before training names it; every cut's read names it."""
+    tok = tiny_corpus.tokenizer
+    storage = alignment_storage(aligned_cuts)
+    size = storage.stat().st_size
+    if how == "missing":
+        storage.unlink()
+    elif how == "cut short":
+        storage.write_bytes(storage.read_bytes()[: size // 2])
+    else:
+        storage.write_bytes(bytes(size))
+    fault = "no such alignment storage" if how == "missing" else "not a readable alignment storage"
+    with pytest.raises(ValueError, match=rf"{re.escape(str(storage))}: {fault}"):
+        check_cut_alignments(load_cuts(aligned_cuts))
+    eval_loader = make_loader(load_cuts(aligned_cuts), tok, DataConfig(max_duration=200.0), train=False)
+    with pytest.raises(ValueError, match=rf"unreadable alignments: \S+ \({re.escape(str(storage))}, key "):
+        list(eval_loader)
+    seen, named = [], []
+    cfg = DataConfig(max_duration=15.0, num_workers=0, num_buckets=3)
+    for batch in make_loader(load_cuts(aligned_cuts), tok, cfg, train=True, seed=0):
+        seen += batch["cut_ids"]
+        named += batch["unreadable"]
+    assert seen == [] and sorted(m.split(" ", 1)[0] for m in named) == sorted(load_cuts(aligned_cuts).ids)
+    assert all(m.split(" ", 1)[1].startswith(f"({storage}, key ") for m in named)
+    fault_tally(injected=1, checked=3)
 
 
 def test_a_missing_alignment_storage_or_inline_alignments_are_refused_before_training(
@@ -282,27 +318,25 @@ def test_a_missing_alignment_storage_or_inline_alignments_are_refused_before_tra
         next(iter(make_loader(load_cuts(inline), tok, DataConfig(num_workers=0), train=True)))
     # The storage gone: named before training starts.
     storage = alignment_storage(aligned_cuts)
-    shutil.rmtree(storage)
+    storage.unlink()
     with pytest.raises(ValueError, match=rf"{re.escape(str(storage))}: no such alignment storage"):
         check_cut_alignments(load_cuts(aligned_cuts))
     fault_tally(injected=2, checked=3)
 
 
 def _alignment_files(out: Path) -> dict[str, bytes]:
-    """The manifest's bytes and every stored alignment file's, by path under the manifest's directory."""
-    files = {out.name: gzip.decompress(out.read_bytes())}
+    """The manifest's bytes and its alignment storage's, by name."""
     storage = alignment_storage(out)
-    files.update({str(p.relative_to(out.parent)): p.read_bytes() for p in sorted(storage.rglob("*.npy"))})
-    return files
+    return {out.name: gzip.decompress(out.read_bytes()), storage.name: storage.read_bytes()}
 
 
-@pytest.mark.parametrize("where", ["storage", "manifest"])
+@pytest.mark.parametrize("where", ["storage", "flush", "manifest"])
 def test_an_align_stage_failing_part_way_keeps_the_previous_manifest_and_storage(
     tiny_corpus, small_model_config, aligned_cuts, monkeypatch, where, fault_tally
 ):
-    """The failure is a full disk part-way through the new storage, or through the new manifest; the
-    previous pair stays whole and readable, nothing temporary is left, and the rerun writes what a
-    clean run writes."""
+    """The failure is a full disk part-way through the new storage, when flushing it to disk, or
+    part-way through the new manifest; the previous pair stays whole and readable, nothing temporary
+    is left, and the rerun writes what a clean run writes, and is what a batch reads."""
     tok = tiny_corpus.tokenizer
     before = _alignment_files(aligned_cuts)
     torch.manual_seed(1)  # another model: other alignments
@@ -319,8 +353,12 @@ def test_an_align_stage_failing_part_way_keeps_the_previous_manifest_and_storage
         return real(*args, **kwargs)
 
     if where == "storage":
-        real = NumpyFilesWriter.write
-        monkeypatch.setattr(NumpyFilesWriter, "write", lambda self, *a: full_disk(self, *a))
+        real = NumpyHdf5Writer.write
+        monkeypatch.setattr(NumpyHdf5Writer, "write", lambda self, *a: full_disk(self, *a))
+    elif where == "flush":
+        real = imputer_train._fsync
+        writes += [1] * 4
+        monkeypatch.setattr(imputer_train, "_fsync", full_disk)
     else:
         real = imputer_train.write_cuts_atomic
         writes += [1] * 4
@@ -332,7 +370,7 @@ def test_an_align_stage_failing_part_way_keeps_the_previous_manifest_and_storage
         [aligned_cuts.name, alignment_storage(aligned_cuts).name, clean.name, alignment_storage(clean).name]
     )
     batch = next(iter(make_loader(load_cuts(aligned_cuts), tok, DataConfig(), train=False)))
-    assert "alignments" in batch
+    assert "alignments" in batch  # and lhotse now holds the previous storage open
     monkeypatch.undo()
     align_cuts(model, cuts, tok, aligned_cuts)
     rerun = _alignment_files(aligned_cuts)
@@ -341,4 +379,38 @@ def test_an_align_stage_failing_part_way_keeps_the_previous_manifest_and_storage
         for k, v in _alignment_files(clean).items()
     }
     assert rerun == want and rerun != before
-    fault_tally(injected=1, resumed=1, checked=len(want))
+    assert torch.equal(_first_alignments(aligned_cuts, tok), _first_alignments(clean, tok))
+    fault_tally(injected=1, resumed=1, checked=len(want) + 1)
+
+
+def _first_alignments(manifest: Path, tokenizer) -> torch.Tensor:
+    """The alignments of the first batch a decoding loader reads from ``manifest``."""
+    return next(iter(make_loader(load_cuts(manifest), tokenizer, DataConfig(), train=False)))["alignments"]
+
+
+def test_an_align_stage_failing_between_its_renames_leaves_no_manifest(
+    tiny_corpus, small_model_config, aligned_cuts, monkeypatch, fault_tally
+):
+    """The new storage is in place and the new manifest not yet: there is no manifest at all (never
+    the previous one naming the new storage), the next stage says to rerun, and the rerun completes."""
+    tok = tiny_corpus.tokenizer
+    torch.manual_seed(1)
+    model = ImputerModel(small_model_config(tok))
+    cuts = load_cuts(tiny_corpus.fbank_cuts("train"))
+    real = imputer_train._fsync
+
+    def failing_on_directories(path: Path) -> None:
+        if path.is_dir():
+            raise OSError(5, "Input/output error")
+        real(path)
+
+    monkeypatch.setattr(imputer_train, "_fsync", failing_on_directories)
+    with pytest.raises(OSError, match="Input/output error"):
+        align_cuts(model, cuts, tok, aligned_cuts)
+    assert sorted(p.name for p in aligned_cuts.parent.iterdir()) == [alignment_storage(aligned_cuts).name]
+    with pytest.raises(ValueError, match="no such cuts manifest; run the stage that writes it"):
+        load_cuts(aligned_cuts)
+    monkeypatch.undo()
+    align_cuts(model, cuts, tok, aligned_cuts)
+    check_cut_alignments(load_cuts(aligned_cuts))
+    fault_tally(injected=1, resumed=1, checked=2)

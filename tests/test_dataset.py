@@ -1,5 +1,6 @@
 """Lazily read manifests: the same batches as the eager set, the same filtering and statistics, no
-sampler warning. Oracles: the eager CutSet of the same file under the same seed; lhotse's own reader."""
+sampler warning; alignments read from their HDF5 storage by forked workers. Oracles: the eager CutSet of
+the same file under the same seed; lhotse's own reader; the batches of a loader without workers."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ import logging
 import random
 import shutil
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from lhotse import CutSet
+from lhotse.features.io import lookup_cache_or_open
 
 from imputer_asr.config import DataConfig, FeatureConfig
-from imputer_asr.data.dataset import count_cuts, load_cuts, make_loader
+from imputer_asr.data.dataset import AsrDataset, count_cuts, load_cuts, make_loader
 from imputer_asr.data.prepare import combine_manifests, filter_cuts
 from imputer_asr.model.conformer import ImputerModel
 from imputer_asr.training.imputer import align_cuts
@@ -71,6 +74,35 @@ def test_the_lazy_manifest_gives_the_eager_batches(tiny_corpus, aligned_train, t
                 assert torch.equal(got[key], value), key
             else:
                 assert got[key] == value, key
+
+
+def test_forked_workers_read_the_alignments_one_process_reads(tiny_corpus, aligned_train, monkeypatch):
+    """Two DataLoader workers forked after this process opened the alignment storage (lhotse keeps it
+    open): the batches equal a loader's without workers, bit for bit, and each worker opens the
+    storage itself instead of reading through the handle it inherited."""
+    tok = tiny_corpus.tokenizer
+    cuts = load_cuts(aligned_train)
+    next(iter(cuts)).custom["alignment"].load()
+    assert lookup_cache_or_open.cache_info().currsize > 0  # the handle a worker inherits
+    cfg = DataConfig(max_duration=15.0, num_workers=0, num_buckets=3, spec_augment=False)
+    want = list(make_loader(cuts, tok, cfg, train=True, seed=7))
+    getitem = AsrDataset.__getitem__
+
+    def counting_getitem(self, batch_cuts):  # runs in the worker: the handles it has on starting
+        open_before = lookup_cache_or_open.cache_info().currsize
+        return {**getitem(self, batch_cuts), "open_before": open_before}
+
+    monkeypatch.setattr(AsrDataset, "__getitem__", counting_getitem)
+    got = list(make_loader(cuts, tok, replace(cfg, num_workers=2), train=True, seed=7))
+    assert len(got) == len(want) > 2
+    assert [b["open_before"] for b in got[:2]] == [0, 0]  # each worker's first batch
+    for batch, expected in zip(got, want, strict=True):
+        assert batch.keys() - {"open_before"} == expected.keys() and "alignments" in batch
+        for key, value in expected.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(batch[key], value), key
+            else:
+                assert batch[key] == value, key
 
 
 def test_a_lazy_filter_keeps_the_eager_cuts_and_logs_once(tiny_corpus, caplog):

@@ -11,8 +11,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
+from pathlib import Path
+from urllib.parse import quote
 
+import h5py
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -444,7 +447,7 @@ def test_align_cuts_collapse_to_transcripts(tiny_corpus, aligned):
     assert out.is_lazy and [c.id for c in out] == [c.id for c in cuts]
     for cut in out:
         stored = cut.custom["alignment"]
-        assert isinstance(stored, TemporalArray) and stored.array.storage_type == "numpy_files"
+        assert isinstance(stored, TemporalArray) and stored.array.storage_type == "numpy_hdf5"
         alignment = stored.load()
         assert alignment.shape == (int(subsampled_lengths(torch.tensor(cut.num_frames))),)
         text = " ".join(s.text for s in cut.supervisions)
@@ -456,6 +459,17 @@ def test_an_alignment_round_trips_bit_exactly_through_storage_into_the_batch(tin
     tok = tiny_corpus.tokenizer
     _, cuts, out, computed = aligned
     assert sorted(computed) == sorted(c.id for c in cuts)
+    # One file beside the manifest holds them all, as int32, one dataset per cut (read with h5py itself).
+    folder = Path(next(iter(out)).custom["alignment"].array.storage_path).parent
+    storage = alignment_storage(folder / "aligned.jsonl.gz")
+    assert sorted(p.name for p in storage.parent.iterdir()) == ["aligned.alignments.h5", "aligned.jsonl.gz"]
+    assert {c.custom["alignment"].array.storage_path for c in out} == {str(storage)}
+    with h5py.File(storage, "r") as stored:
+        assert sorted(stored) == sorted(quote(cut_id, safe="") for cut_id in computed)
+        for cut in out:
+            row = stored[cut.custom["alignment"].array.storage_key]
+            assert row.dtype == np.int32
+            assert torch.equal(torch.from_numpy(row[:]).long(), computed[cut.id])
     seen = []
     for batch in make_loader(out, tok, DataConfig(max_duration=12.0), train=False):
         assert batch["alignment_lengths"].tolist() == [len(computed[i]) for i in batch["cut_ids"]]
@@ -490,22 +504,30 @@ def test_align_cuts_drops_unalignable(tiny_corpus, aligned, tmp_path):
     changed = CutSet.from_cuts([fastcopy(first, supervisions=sups)] + list(cuts)[1:3])
     out = align_cuts(model, changed, tiny_corpus.tokenizer, tmp_path / "aligned.jsonl.gz")
     assert [c.id for c in out] == [c.id for c in list(cuts)[1:3]]
-    assert len(list((tmp_path / "aligned.alignments").rglob("*.npy"))) == 2
+    with h5py.File(tmp_path / "aligned.alignments.h5", "r") as stored:
+        assert sorted(stored) == sorted(c.custom["alignment"].array.storage_key for c in out)
+        assert len(stored) == 2
     for few in (changed.subset(first=1), CutSet([])):
         out = align_cuts(model, few, tiny_corpus.tokenizer, tmp_path / "few.jsonl.gz")
-        assert len(out) == 0 and not list((tmp_path / "few.alignments").iterdir())
+        assert len(out) == 0
+        with h5py.File(tmp_path / "few.alignments.h5", "r") as stored:
+            assert len(stored) == 0
 
 
 def test_realigning_a_manifest_in_place_replaces_it_and_its_storage(tiny_corpus, aligned, tmp_path):
+    """Also in a process that has read the old alignments: lhotse keeps the old file open under the
+    same path, and the new ones must be read, not that file's."""
     model, cuts, _, computed = aligned
     path = tmp_path / "aligned.jsonl.gz"
     align_cuts(_model(vocab=tiny_corpus.tokenizer.vocab_size, seed=5), cuts, tiny_corpus.tokenizer, path)
-    shutil.rmtree(alignment_storage(path))  # the old alignments unreadable: not read
+    old = {c.id: c.custom["alignment"].load() for c in load_cuts(path)}  # lhotse now holds the file open
+    assert any(not np.array_equal(old[i], computed[i].numpy()) for i in old)
+    alignment_storage(path).unlink()  # the old alignments unreadable: not read
     out = align_cuts(model, load_cuts(path), tiny_corpus.tokenizer, path)
     assert [c.id for c in out] == [c.id for c in cuts]
     for cut in out:
         assert torch.equal(torch.from_numpy(cut.custom["alignment"].load()).long(), computed[cut.id])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["aligned.alignments", "aligned.jsonl.gz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["aligned.alignments.h5", "aligned.jsonl.gz"]
 
 
 def test_cli_align_train_decode(tiny_corpus, tmp_path):

@@ -7,8 +7,11 @@ A batch is a dict:
     features (N, T, F) float, feature_lengths (N,) long, targets (N, S) long (padded with blank),
     target_lengths (N,) long, texts list[str], cut_ids list[str], durations list[float],
     and, when every cut carries an alignment (Imputer training, ``cut.custom["alignment"]``: a lhotse
-    TemporalArray that the align stage wrote to array storage), alignments (N, T') long padded with -1
-    and alignment_lengths (N,) long.
+    TemporalArray that the align stage wrote to the HDF5 file beside the manifest), alignments (N, T')
+    long padded with -1 and alignment_lengths (N,) long.
+
+lhotse keeps the HDF5 files it reads open, one handle per path and process. A DataLoader worker
+drops the handles it inherits from the process that forked it (:func:`make_loader`) and opens its own.
 
 >>> # loader = make_loader(load_cuts(path), tokenizer, DataConfig(), train=True)
 """
@@ -23,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from lhotse import CutSet
+from lhotse import CutSet, close_cached_file_handles
 from lhotse.array import TemporalArray
 from lhotse.cut import Cut
 from lhotse.cut.set import deserialize_cut
@@ -283,11 +286,12 @@ def _load_alignment(cut: Cut) -> np.ndarray:
 
 
 def alignment_file(alignment: TemporalArray) -> str:
-    """Where an alignment is stored: its file (numpy_files storage), else its storage and key."""
+    """Where an alignment is stored: its file and key (``aligned.alignments.h5, key CUT``, the align
+    stage's HDF5 storage), or its file (numpy_files storage, as an older align stage wrote it)."""
     array = alignment.array
     if array.storage_type == "numpy_files":
         return str(Path(array.storage_path) / array.storage_key)
-    return f"{array.storage_path} (key {array.storage_key})"
+    return f"{array.storage_path}, key {array.storage_key}"
 
 
 def make_sampler(
@@ -383,7 +387,20 @@ def make_loader(
         batch_size=None,
         num_workers=workers,
         persistent_workers=False,
+        worker_init_fn=_own_file_handles if workers else None,
     )
+
+
+def _own_file_handles(worker_id: int) -> None:
+    """In a new DataLoader worker: drop the HDF5 handles lhotse cached in the process that forked it
+    (the alignment storage, when that process read alignments), so that the worker opens its own.
+
+    A forked copy of an open HDF5 file shares the parent's open file and carries a copy of the
+    library's state for it; h5py advises opening a file in each reader process, as forking an open one
+    "may cause issues" (its Parallel HDF5 notes). Closing the copy leaves the parent's handle, and the
+    shared lock HDF5 holds on the file for it, as they were.
+    """
+    close_cached_file_handles()
 
 
 def with_progress(

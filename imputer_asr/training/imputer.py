@@ -1,7 +1,7 @@
 """What training the Imputer needs beyond CTC: expert alignments of the training cuts, and its objective.
 
 The expert alignment of a cut is the forced (Viterbi) alignment of its transcript under a trained
-CTC model, computed once by :func:`align_cuts` and stored in lhotse array storage beside the cut
+CTC model, computed once by :func:`align_cuts` and stored in one lhotse HDF5 file beside the cut
 manifest that points to it (:func:`alignment_storage`). The objective
 (:func:`imputer_objective`) masks that alignment block-wise (:func:`imputer_asr.training.masking.block_mask`,
 k ~ U{1..B} masked frames per block), feeds the shown tokens to the network and scores the
@@ -20,15 +20,15 @@ stored alignment is only valid for the features it was computed from.
 from __future__ import annotations
 
 import logging
+import os
 import random
-import shutil
-import zlib
 from pathlib import Path
 from urllib.parse import quote
 
+import h5py
 import numpy as np
 import torch
-from lhotse import CutSet, NumpyFilesWriter
+from lhotse import CutSet, NumpyHdf5Writer, close_cached_file_handles
 from lhotse.array import Array, TemporalArray
 from lhotse.cut import Cut
 from lhotse.dataset import DynamicBucketingSampler
@@ -252,46 +252,97 @@ def _expert_alignment(batch: dict, lengths: Tensor, width: int) -> Tensor:
 
 
 def check_cut_alignments(cuts: CutSet) -> None:
-    """Raise ValueError unless every cut carries an alignment in array storage of
-    ``subsampled_lengths(num_frames)`` frames, in a storage that exists: the check the train-imputer
-    stage runs before training starts. One pass over the manifest; no alignment is read."""
-    counts = {"missing": 0, "inline": 0, "wrong": 0}
+    """Raise ValueError unless every cut carries an alignment of ``subsampled_lengths(num_frames)``
+    frames in array storage, and that storage holds it: the check the train-imputer stage runs before
+    training starts.
+
+    One pass over the manifest. An HDF5 storage (what :func:`align_cuts` writes) is opened once and
+    each cut's entry looked up, its shape and type, not its data; it is closed again before returning,
+    so no DataLoader worker inherits the handle. Of another storage type only the path is checked.
+    """
+    counts = dict.fromkeys(_ALIGNMENT_FAULTS, 0)
     first: dict[str, str] = {}
-    storages: set[str] = set()
-    for cut in cuts:
-        stored = cut.custom.get(ALIGNMENT_FIELD) if cut.custom else None
-        if stored is None:
-            fault = "missing"
-        elif not isinstance(stored, TemporalArray):
-            fault = "inline"
-        else:
-            storages.add(stored.array.storage_path)
-            expected = int(subsampled_lengths(torch.tensor(cut.num_frames)))
-            fault = "wrong" if stored.shape[0] != expected else None
-        if fault is not None:
-            counts[fault] += 1
-            first.setdefault(fault, cut.id)
-    if counts["missing"]:
-        raise ValueError(
-            f"{counts['missing']} cut(s) have no '{ALIGNMENT_FIELD}' (e.g. {first['missing']}): run the "
-            f"align stage on these cuts, or set imputer.learner_fraction=1"
+    with _OpenStorages() as storages:
+        for cut in cuts:
+            stored = cut.custom.get(ALIGNMENT_FIELD) if cut.custom else None
+            if stored is None:
+                fault = "missing"
+            elif not isinstance(stored, TemporalArray):
+                fault = "inline"
+            elif stored.shape[0] != int(subsampled_lengths(torch.tensor(cut.num_frames))):
+                fault = "wrong"
+            else:
+                fault = None if storages.holds(stored.array) else "unstored"
+            if fault is not None:
+                counts[fault] += 1
+                where = f" in {stored.array.storage_path}" if fault == "unstored" else ""
+                first.setdefault(fault, f"{cut.id}{where}")
+    for fault, message in _ALIGNMENT_FAULTS.items():
+        if counts[fault]:
+            raise ValueError(message.format(n=counts[fault], cut=first[fault], field=ALIGNMENT_FIELD))
+
+
+_ALIGNMENT_FAULTS = {
+    "missing": "{n} cut(s) have no '{field}' (e.g. {cut}): run the align stage on these cuts, or set "
+    "imputer.learner_fraction=1",
+    "inline": "{n} cut(s) carry their alignment inline in the manifest (e.g. {cut}), as the align stage "
+    "wrote it before alignments moved to array storage: rerun the align stage",
+    "wrong": "{n} cut(s) have an alignment whose length does not match their features (e.g. {cut}): "
+    "rerun the align stage on the current features",
+    "unstored": "{n} cut(s) have no alignment of the manifest's shape in their storage (e.g. {cut}): "
+    "the storage was changed or replaced after the manifest was written; rerun the align stage",
+}
+"""What :func:`check_cut_alignments` refuses, in the order it reports it."""
+
+
+class _OpenStorages:
+    """The alignment storages a check has opened, by path; the HDF5 files are closed on exit."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, h5py.File | None] = {}
+
+    def __enter__(self) -> _OpenStorages:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for file in self.files.values():
+            if file is not None:
+                file.close()
+
+    def holds(self, array: Array) -> bool:
+        """Whether ``array``'s storage holds an integer array of its shape under its key (HDF5), or
+        exists (another storage type).
+
+        Raises:
+            ValueError: naming the storage, when it is missing or not an HDF5 file that opens.
+        """
+        path = array.storage_path
+        if path not in self.files:
+            self.files[path] = _open_storage(path, array.storage_type)
+        file = self.files[path]
+        if file is None:
+            return True
+        try:
+            entry = file.get(array.storage_key)
+        except (OSError, KeyError, RuntimeError, ValueError):  # a damaged entry: it does not hold it
+            return False
+        return (
+            isinstance(entry, h5py.Dataset)
+            and entry.shape == tuple(array.shape)
+            and np.issubdtype(entry.dtype, np.integer)
         )
-    if counts["inline"]:
-        raise ValueError(
-            f"{counts['inline']} cut(s) carry their alignment inline in the manifest (e.g. "
-            f"{first['inline']}), as the align stage wrote it before alignments moved to array storage: "
-            "rerun the align stage"
-        )
-    if counts["wrong"]:
-        raise ValueError(
-            f"{counts['wrong']} cut(s) have an alignment whose length does not match their features "
-            f"(e.g. {first['wrong']}): rerun the align stage on the current features"
-        )
-    absent = sorted(path for path in storages if not Path(path).exists())
-    if absent:
-        raise ValueError(
-            f"{absent[0]}: no such alignment storage (the manifest names it): rerun the align stage"
-        )
+
+
+def _open_storage(path: str, storage_type: str) -> h5py.File | None:
+    """The HDF5 file ``path`` open for reading; None for another storage type that exists."""
+    if not Path(path).exists():
+        raise ValueError(f"{path}: no such alignment storage (the manifest names it): rerun the align stage")
+    if storage_type != NumpyHdf5Writer.name:
+        return None
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:  # cut short, or not HDF5
+        raise ValueError(f"{path}: not a readable alignment storage ({exc}): rerun the align stage") from None
 
 
 def sample_hours(cuts: CutSet, hours: float, seed: int = 0) -> CutSet:
@@ -342,13 +393,13 @@ class _IdIn:
 
 
 def alignment_storage(manifest: Path) -> Path:
-    """The directory holding the alignments of the cuts manifest ``manifest`` (:func:`align_cuts`).
+    """The HDF5 file holding the alignments of the cuts manifest ``manifest`` (:func:`align_cuts`).
 
     >>> alignment_storage(Path("exp/cuts_train_aligned.jsonl.gz")).as_posix()
-    'exp/cuts_train_aligned.alignments'
+    'exp/cuts_train_aligned.alignments.h5'
     """
     manifest = Path(manifest)
-    return manifest.with_name(f"{manifest.name.removesuffix('.gz').removesuffix('.jsonl')}.alignments")
+    return manifest.with_name(f"{manifest.name.removesuffix('.gz').removesuffix('.jsonl')}.alignments.h5")
 
 
 @torch.inference_mode()
@@ -359,14 +410,17 @@ def align_cuts(
     written to the cuts manifest ``out`` and its array storage; returns the cuts of ``out`` (lazy).
 
     Each cut of ``out`` carries ``cut.custom["alignment"]``: a lhotse TemporalArray of int32 tokens,
-    one per encoder frame (blank 0, pieces 1..C-1; frame shift 4x the features'), stored as a ``.npy``
-    file under :func:`alignment_storage` (lhotse's numpy_files storage: lossless and needing no other
-    package; a 960 h x 3 set makes some 850k files of about 1 kB, spread over 4096 directories).
+    one per encoder frame (blank 0, pieces 1..C-1; frame shift 4x the features'). All the alignments
+    of ``out`` are one HDF5 file, :func:`alignment_storage` (lhotse's numpy_hdf5 storage: lossless,
+    one dataset per cut, its key the URL-quoted cut id), not a file per cut: a 960 h x 3 set has some
+    850k cuts.
 
     The manifest and its storage are replaced as a pair: the storage is written under a temporary
-    name, then the old manifest is removed, the new storage renamed into place, and the new manifest
-    last. A crash leaves the previous manifest with its storage, or no manifest (rerun the stage),
-    never a manifest naming a storage that is half written or another run's.
+    name and flushed to disk, then the old manifest is removed, the new storage renamed into place,
+    and the new manifest last. A crash leaves the previous manifest with its storage, or no manifest
+    (rerun the stage), never a manifest naming a storage that is half written or another run's.
+    Handles to HDF5 files that lhotse keeps open in this process are closed afterwards, so a later
+    read opens the new storage, not the one it replaced.
 
     Cuts that cannot be aligned (fewer encoder frames than their labels need) are dropped, with a
     logged count. The cuts keep the input order. ``cuts`` are read in two passes (the alignment, then
@@ -386,33 +440,45 @@ def align_cuts(
         )
     out = Path(out)
     storage = alignment_storage(out)
-    staging = storage.with_name(f".{storage.name}.tmp")
+    staging = storage.with_name(f".{storage.stem}.tmp.h5")  # lhotse's writer keeps an .h5 ending only
     staged = out.with_name(f".staged-{out.name}")
-    shutil.rmtree(staging, ignore_errors=True)  # a killed run's
-    staging.mkdir(parents=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     total = count_cuts(cuts)
     try:
         stored = _write_alignments(model, cuts, tokenizer, staging, total, max_duration)
+        _fsync(staging)
         write_cuts_atomic(_with_alignments(cuts, stored, storage), staged)
+        _fsync(staged)
         out.unlink(missing_ok=True)
-        if storage.exists():
-            shutil.rmtree(storage)
-        staging.rename(storage)
+        staging.replace(storage)
+        _fsync(out.parent)  # the storage's rename is on disk before the manifest's
         staged.replace(out)
+        _fsync(out.parent)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        staging.unlink(missing_ok=True)
         staged.unlink(missing_ok=True)
+        close_cached_file_handles()
     if total > len(stored):
         log.warning("dropped %d of %d cuts that cannot be aligned (too short)", total - len(stored), total)
     log.info("aligned %d cuts into %s", len(stored), storage)
     return load_cuts(out)
 
 
+def _fsync(path: Path) -> None:
+    """Flush a file, or a directory's entries, to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _write_alignments(
     model: ImputerModel, cuts: CutSet, tokenizer: Tokenizer, storage: Path, total: int, max_duration: float
 ) -> dict[str, tuple[str, int]]:
-    """Align the cuts and store each alignment in ``storage``: cut id -> (storage key, frames) of
-    those that have one. The batches are drawn as they are read (a bucketing sampler, not shuffled)."""
+    """Align the cuts and store each alignment in the HDF5 file ``storage``: cut id -> (storage key,
+    frames) of those that have one. The batches are drawn as they are read (a bucketing sampler, not
+    shuffled)."""
     model.eval()
     device = next(model.parameters()).device
     bins = list(_ALIGN_BUCKETS)  # fixed: lhotse's estimate of them needs more cuts than buckets
@@ -420,7 +486,7 @@ def _write_alignments(
     sampler = DynamicBucketingSampler(cuts, max_duration=max_duration, duration_bins=bins, shuffle=False)
     loader = DataLoader(AsrDataset(tokenizer), sampler=sampler, batch_size=None)
     stored: dict[str, tuple[str, int]] = {}
-    with NumpyFilesWriter(storage) as writer:
+    with NumpyHdf5Writer(storage) as writer:
         for batch in with_progress(loader, total, "align"):
             log_probs, lengths = model(batch["features"].to(device), batch["feature_lengths"].to(device))
             alignment, feasible = _align_feasible(
@@ -446,10 +512,9 @@ the shortest (the last one aside), which bounds the padding computed."""
 
 
 def _storage_key(cut_id: str) -> str:
-    """A file name for a cut's alignment; lhotse files it under a directory named by its first three
-    characters, here a hash of the id (4096 of them) rather than the id's own start, which a
-    speaker or corpus prefix shares with most of the set."""
-    return f"{zlib.crc32(cut_id.encode()) % 4096:03x}-{quote(cut_id, safe='')}"
+    """The HDF5 name of a cut's alignment: the id, URL-quoted so that no ``/`` makes it a path of
+    groups."""
+    return quote(cut_id, safe="")
 
 
 def _with_alignments(cuts: CutSet, stored: dict[str, tuple[str, int]], storage: Path) -> CutSet:
@@ -459,7 +524,7 @@ def _with_alignments(cuts: CutSet, stored: dict[str, tuple[str, int]], storage: 
         for cut in cuts:
             if cut.id in stored:
                 key, frames = stored[cut.id]
-                array = Array(NumpyFilesWriter.name, str(storage), key, [frames])
+                array = Array(NumpyHdf5Writer.name, str(storage), key, [frames])
                 alignment = TemporalArray(
                     array, temporal_dim=0, frame_shift=4 * cut.frame_shift, start=cut.start
                 )
