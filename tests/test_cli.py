@@ -182,7 +182,7 @@ def test_the_cli_is_a_module_per_group_and_no_command_module_imports_the_package
 
 
 def test_every_command_module_registers_its_own_commands():
-    from imputer_asr.cli import data, decode, evaluate, lm, train, transcribe
+    from imputer_asr.cli import data, decode, evaluate, export, lm, train, transcribe
 
     groups = {
         data: {"synth-corpus", "download", "manifests", "combine-cuts", "bpe", "fbank"},
@@ -191,6 +191,7 @@ def test_every_command_module_registers_its_own_commands():
         lm: {"lm", "tune-lm"},
         evaluate: {"plot", "compare", "results", "show-imputation", "probe"},
         transcribe: {"transcribe"},
+        export: {"export"},
     }
     for module, commands in groups.items():
         sub = argparse.ArgumentParser().add_subparsers()

@@ -7,9 +7,9 @@ user as one line naming the file and the problem (exit status 1), usage errors e
 This module holds only :func:`build_parser` and :func:`main`; the commands live in a module per
 group, each registering its own (``add_commands``) and holding their run functions:
 :mod:`~imputer_asr.cli.data`, :mod:`~imputer_asr.cli.train`, :mod:`~imputer_asr.cli.decode`,
-:mod:`~imputer_asr.cli.lm`, :mod:`~imputer_asr.cli.evaluate` and :mod:`~imputer_asr.cli.transcribe`
-(:mod:`~imputer_asr.cli.common` and :mod:`~imputer_asr.cli.runtime` hold what they share). None of
-them imports this module.
+:mod:`~imputer_asr.cli.lm`, :mod:`~imputer_asr.cli.evaluate`, :mod:`~imputer_asr.cli.transcribe` and
+:mod:`~imputer_asr.cli.export` (:mod:`~imputer_asr.cli.common` and :mod:`~imputer_asr.cli.runtime`
+hold what they share). None of them imports this module.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import argparse
 import logging
 import sys
 
-from imputer_asr.cli import data, decode, evaluate, lm, train, transcribe
+from imputer_asr.cli import data, decode, evaluate, export, lm, train, transcribe
 from imputer_asr.cli.common import UsageError
 
 __all__ = ["USER_COMMANDS", "build_parser", "main"]
@@ -26,6 +26,7 @@ __all__ = ["USER_COMMANDS", "build_parser", "main"]
 # What a user runs, listed apart in --help from the stages the recipes chain.
 USER_COMMANDS = (
     "transcribe",
+    "export",
     "decode",
     "decode-imputer",
     "score",
@@ -64,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (also after the command)")
     parser.add_argument("--version", action="version", version=f"imputer-asr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of those below")
-    for group in (data, train, decode, lm, evaluate, transcribe):
+    for group in (data, train, decode, lm, evaluate, transcribe, export):
         group.add_commands(sub)
     # The commands are listed in two groups in the epilog instead of argparse's one flat list.
     helps = {action.dest: action.help for action in sub._choices_actions}

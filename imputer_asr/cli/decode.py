@@ -30,7 +30,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def _add_decode(sub) -> None:
     p = sub.add_parser("decode", help="decode a cuts manifest with a packaged model")
-    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--model", type=Path, required=True, help="packaged model.pt, or its ONNX export")
     p.add_argument("--cuts", type=Path, required=True)
     p.add_argument("--out-dir", type=Path, required=True)
     p.add_argument("--name", required=True, help="e.g. test-ctc; names the output files")
@@ -41,12 +41,12 @@ def _add_decode(sub) -> None:
 
 def _run_decode(args) -> None:
     from imputer_asr.decoding.ctc import decode_cuts
-    from imputer_asr.training.checkpoint import load_packaged
+    from imputer_asr.export import load_packaged_or_onnx
 
     if args.arpa is not None and args.lexicon is None:
         raise UsageError("--arpa needs --lexicon (the words the search may write)")
     resolve_runtime(args)
-    packaged = load_packaged(args.model)
+    packaged = load_packaged_or_onnx(args.model)
     packaged.model.to(args.device)
     cuts = load_cuts(args.cuts)
     if args.lexicon is not None:
@@ -96,7 +96,7 @@ def _add_decode_imputer(sub) -> None:
         help="K-step (or adaptive) Imputer decoding of a cuts manifest; with --lexicon, the K-th step's "
         "log-probs go to the LM beam search",
     )
-    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--model", type=Path, required=True, help="packaged model.pt, or its ONNX export")
     p.add_argument("--cuts", type=Path, required=True)
     p.add_argument("--out-dir", type=Path, required=True)
     p.add_argument("--name", required=True, help="e.g. test-k8; names the output files")
@@ -116,14 +116,14 @@ def _add_decode_imputer(sub) -> None:
 
 def _run_decode_imputer(args) -> None:
     from imputer_asr.decoding.imputer import decode_cuts_imputer
-    from imputer_asr.training.checkpoint import load_packaged
+    from imputer_asr.export import load_packaged_or_onnx
 
     if args.arpa is not None and args.lexicon is None:
         raise UsageError("--arpa needs --lexicon (the words the search may write)")
     if args.lexicon is not None and args.adaptive is not None:
         raise UsageError("--adaptive cannot be combined with --lexicon (the LM search reads step K of K)")
     resolve_runtime(args)
-    packaged = load_packaged(args.model)
+    packaged = load_packaged_or_onnx(args.model)
     packaged.model.to(args.device)
     block_size = args.block_size or packaged.config.imputer.block_size
     steps = args.steps or block_size

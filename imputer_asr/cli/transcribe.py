@@ -31,7 +31,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "transcribe", help="transcribe audio files (wav, flac, ogg, mp3) with a packaged model"
     )
     p.add_argument("audio", nargs="+", help="audio files, or directories searched recursively")
-    p.add_argument("--model", type=Path, required=True, help="packaged model.pt")
+    p.add_argument("--model", type=Path, required=True, help="packaged model.pt, or its ONNX export")
     p.add_argument(
         "--decoder",
         choices=DECODERS,

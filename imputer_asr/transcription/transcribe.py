@@ -36,8 +36,9 @@ from imputer_asr.data.audio import AudioError, AudioSource, open_audio, plan_win
 from imputer_asr.data.prepare import fbank_extractor
 from imputer_asr.decoding.ctc import greedy_alignment
 from imputer_asr.decoding.imputer import decode_imputer
+from imputer_asr.export import load_packaged_or_onnx
 from imputer_asr.model.conformer import MIN_INPUT_FRAMES, SUBSAMPLING
-from imputer_asr.training.checkpoint import PackagedModel, load_packaged
+from imputer_asr.training.checkpoint import PackagedModel
 from imputer_asr.transcription.words import Word, alignment_words, stitch
 
 if TYPE_CHECKING:  # the LM decoder (and flashlight) loads only when a lexicon is given
@@ -119,7 +120,7 @@ class Transcriber:
     """A packaged model loaded once, ready to transcribe; made by :func:`load_model`.
 
     Args:
-        packaged: the model, tokenizer and config of a ``model.pt``.
+        packaged: the model, tokenizer and config of a ``model.pt`` or of its ONNX export.
         device: where the network runs (``"cpu"``, ``"cuda"``); features are computed on the CPU.
         options: windows and batching.
         language_model: a lexicon-constrained beam search with a word LM
@@ -382,15 +383,16 @@ def load_model(
     arpa: str | os.PathLike | None = None,
     lm_weights: LMWeights | None = None,
 ) -> Transcriber:
-    """Load a packaged ``model.pt`` (weights-only) into a :class:`Transcriber`; with ``lexicon`` (and
-    optionally an ``arpa`` word LM, from ``imputer-asr lm``) it decodes by lexicon-constrained beam
-    search by default (``lm_weights`` from ``imputer-asr tune-lm``).
+    """Load a packaged ``model.pt`` (weights-only), or its ONNX export (``imputer-asr export``, run by
+    onnxruntime on the CPU), into a :class:`Transcriber`; with ``lexicon`` (and optionally an
+    ``arpa`` word LM, from ``imputer-asr lm``) it decodes by lexicon-constrained beam search by
+    default (``lm_weights`` from ``imputer-asr tune-lm``).
 
     Raises:
-        ValueError: the file is missing, corrupt or not a packaged model; the device is unavailable;
-            the lexicon or LM is missing or unreadable.
+        ValueError: the file is missing, corrupt or not a packaged model or export; the device is
+            unavailable; the lexicon or LM is missing or unreadable.
     """
-    packaged = load_packaged(Path(path))
+    packaged = load_packaged_or_onnx(Path(path))
     language_model = None
     if lexicon is not None:
         from imputer_asr.decoding.lm_search import LexiconBeamSearch, LMWeights

@@ -1,0 +1,450 @@
+"""ONNX export of a packaged model, and the onnxruntime backend that runs the export on the CPU.
+
+:func:`export_onnx` writes one self-contained ``.onnx`` file. Its graph holds the network's two
+halves side by side, as :class:`~imputer_asr.model.conformer.ImputerModel` splits them:
+
+    features (N, T, F), feature_lengths (N,)        -> encoded (N, T', d), encoded_lengths (N,)
+    hidden (N, T', d), hidden_lengths (N,), tokens (N, T')  -> log_probs (N, T', C)
+
+the acoustic encoder (CMVN, subsampling, the blocks below ``inject_layer``) and the imputation
+(alignment input, the blocks above, the output layer). Batch and time are dynamic axes. What
+transcription needs besides travels in the file's metadata (``metadata_props``): the experiment
+config (JSON), the sentencepiece model (base64), the packaging info (JSON, e.g. ``trained_as``) and
+the precision (``float32`` or ``int8``). ``int8`` is onnxruntime's dynamic quantization of the
+weights of the linear layers inside the encoder (:func:`_quantize_int8`): activations are quantized
+per tensor at run time, so int8 outputs are close to, not equal to, the float ones.
+
+:func:`load_onnx` splits the graph into its two halves again (one onnxruntime session each) and
+returns a :class:`~imputer_asr.training.checkpoint.PackagedModel` whose ``.model`` is an
+:class:`OnnxImputer`: the methods that decoding calls on an ``ImputerModel`` (``forward``,
+``encode_acoustic``, ``impute``, ``all_mask``), so CTC greedy search and K-step Imputer decoding
+(:mod:`imputer_asr.decoding`) run unchanged, the K-step loop in torch calling the imputation
+session K times. :func:`load_packaged_or_onnx` takes either kind of file, told apart by content.
+
+The exporter is torch's TorchScript-based one (``torch.onnx.export(..., dynamo=False)``): the
+``torch.export``-based exporter stops at the input checks of ``encode_acoustic``, which branch on
+the values of ``feature_lengths``. The NaN guards it puts after each attention's softmax are taken
+out of the graph (:func:`_drop_nan_guards`). On the demo's 6-block model and 2 idle cores
+(``benchmarks/onnx_speed.py``, 300 test utterances) int8 decodes 1.1-1.4x as fast as PyTorch and
+float32 0.9-1.1x; on cores busy with other work onnxruntime suffers far less than PyTorch.
+
+>>> from imputer_asr.export import export_onnx, load_packaged_or_onnx  # doctest: +SKIP
+>>> export_onnx(load_packaged_or_onnx("exp/ctc/model.pt"), "model.onnx", int8=True)  # doctest: +SKIP
+>>> from imputer_asr import load_model  # doctest: +SKIP
+>>> load_model("model.onnx").transcribe("talk.flac")[0].text  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import tempfile
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from imputer_asr.config import ExperimentConfig, ModelConfig, config_from_dict, config_to_dict
+from imputer_asr.data.tokenizer import Tokenizer
+from imputer_asr.files import write_bytes_atomic
+from imputer_asr.model.conformer import MIN_INPUT_FRAMES, ImputerModel, padding_mask
+from imputer_asr.training.checkpoint import PackagedModel, load_packaged
+
+__all__ = [
+    "ONNX_FORMAT",
+    "PRECISIONS",
+    "ExportReport",
+    "export_onnx",
+    "OnnxImputer",
+    "load_onnx",
+    "load_packaged_or_onnx",
+]
+
+ONNX_FORMAT = "imputer_asr.onnx/1"
+"""The ``imputer_asr.format`` metadata of an export; a file without it is not read."""
+PRECISIONS = ("float32", "int8")
+OPSET = 17
+INSTALL_HINT = "install onnx and onnxruntime: pip install 'imputer-asr[onnx]'"
+
+_ENCODER_INPUTS = ["features", "feature_lengths"]
+_ENCODER_OUTPUTS = ["encoded", "encoded_lengths"]
+_IMPUTER_INPUTS = ["hidden", "hidden_lengths", "tokens"]
+_IMPUTER_OUTPUTS = ["log_probs"]
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What :func:`export_onnx` wrote: the file, its size, its precision, and the largest absolute
+    difference between its log-probabilities and PyTorch's on a random batch (valid frames only)."""
+
+    path: Path
+    bytes: int
+    precision: str
+    max_abs_diff: float
+
+
+class _BothHalves(nn.Module):
+    """The traced module: the acoustic encoder and the imputation over separate inputs."""
+
+    def __init__(self, model: ImputerModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        features: Tensor,
+        feature_lengths: Tensor,
+        hidden: Tensor,
+        hidden_lengths: Tensor,
+        tokens: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        encoded, encoded_lengths = self.model.encode_acoustic(features, feature_lengths)
+        return encoded, encoded_lengths, self.model.impute(hidden, hidden_lengths, tokens)
+
+
+def _example_batch(cfg: ModelConfig, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Two utterances of different lengths: random features (2, 200, F) and lengths (2,)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(2, 200, cfg.input_dim, generator=generator), torch.tensor([200, 131])
+
+
+def _trace_to_onnx(model: ImputerModel, path: Path) -> None:
+    """The float32 graph of both halves, with dynamic batch and time axes, at ``path``."""
+    import onnx
+    from onnx.utils import Extractor
+
+    features, feature_lengths = _example_batch(model.cfg)
+    with torch.no_grad():
+        hidden, hidden_lengths = model.encode_acoustic(features, feature_lengths)
+    tokens = model.all_mask(hidden)
+    # The halves have axes of their own: adaptive decoding imputes a subset of the batch it encoded.
+    dynamic_axes = {
+        "features": {0: "batch", 1: "frames"},
+        "feature_lengths": {0: "batch"},
+        "encoded": {0: "batch", 1: "encoder_frames"},
+        "encoded_lengths": {0: "batch"},
+        "hidden": {0: "imputer_batch", 1: "imputer_frames"},
+        "hidden_lengths": {0: "imputer_batch"},
+        "tokens": {0: "imputer_batch", 1: "imputer_frames"},
+        "log_probs": {0: "imputer_batch", 1: "imputer_frames"},
+    }
+    with warnings.catch_warnings():
+        # The tracer warns about the input checks it records as constants and the exporter about
+        # being the older of torch's two; both are expected here.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _BothHalves(model).eval(),  # eval: the exporter restores the mode of the module it is given
+            (features, feature_lengths, hidden, hidden_lengths, tokens),
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=_ENCODER_INPUTS + _IMPUTER_INPUTS,
+            output_names=_ENCODER_OUTPUTS + _IMPUTER_OUTPUTS,
+            dynamic_axes=dynamic_axes,
+        )
+    proto = onnx.load(str(path))
+    if _drop_nan_guards(proto) != model.cfg.num_layers:
+        raise RuntimeError("expected one NaN guard after the attention of each block")
+    # Extracting the whole graph drops what the guards left unused (their constants).
+    inputs, outputs = _ENCODER_INPUTS + _IMPUTER_INPUTS, _ENCODER_OUTPUTS + _IMPUTER_OUTPUTS
+    onnx.save(Extractor(proto).extract_model(inputs, outputs), str(path))
+
+
+def _drop_nan_guards(proto: Any) -> int:
+    """Remove the ``Where(IsNaN(p), 0, p)`` that torch's exporter puts after the softmax of every
+    attention with a boolean mask; returns how many it removed.
+
+    The guard zeroes the rows of a query whose keys are all masked. Keys are masked only past an
+    utterance's length and every utterance has at least one encoder frame, so no such row exists,
+    and the guard (two passes over every (N, heads, T', T') attention matrix) took a fifth of the
+    imputation's time on the demo's model.
+    """
+    nodes = list(proto.graph.node)
+    producers = {output: node for node in nodes for output in node.output}
+    consumers: dict[str, int] = {}
+    for node in nodes:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
+    bypass: dict[str, str] = {}  # a guard's output -> the softmax output it guarded
+    removed = set()
+    for node in nodes:
+        test = producers.get(node.input[0]) if node.op_type == "Where" else None
+        if test is not None and test.op_type == "IsNaN" and test.input[0] == node.input[2]:
+            if consumers[test.output[0]] == 1:
+                bypass[node.output[0]] = node.input[2]
+                removed.update((id(node), id(test)))
+    if {value.name for value in proto.graph.output} & set(bypass):
+        raise RuntimeError("a NaN guard gives a graph output")
+    for node in nodes:
+        node.input[:] = [bypass.get(name, name) for name in node.input]
+    del proto.graph.node[:]
+    proto.graph.node.extend(node for node in nodes if id(node) not in removed)
+    return len(bypass)
+
+
+def _quantize_int8(source: Path, out: Path) -> None:
+    """onnxruntime's dynamic quantization of the linear layers' weights (int8, a scale per output
+    channel), after its pre-processing (shape inference and the hardware-independent graph
+    optimisations; its symbolic shape inference gives up on the dynamic time axes and is skipped).
+
+    The first linear layer (after the convolutions) and the output layer stay float32. On the demo's
+    CTC model and 50 test utterances, against float32: mean |log-prob difference| 0.049 and greedy
+    transcripts differing in 17 (per-tensor scales, everything quantized: 0.058 and 21).
+    """
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = out.with_name(f"prepared-{out.name}")
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.WARNING)  # the quantizer logs a line per tensor at INFO on the root logger
+    try:
+        quant_pre_process(source, prepared, skip_symbolic_shape=True)
+        quantize_dynamic(
+            prepared,
+            out,
+            op_types_to_quantize=["MatMul"],
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=_float_layers(onnx.load(str(prepared))),
+            # Attention's MatMuls multiply two activations; quantizing them costs accuracy for little.
+            extra_options={"MatMulConstBOnly": True},
+        )
+    finally:
+        root.setLevel(level)
+
+
+def _float_layers(proto: Any) -> list[str]:
+    """The MatMul nodes of ``subsampling.out`` and ``output``, named after their modules' scopes."""
+    kept = [
+        node.name
+        for node in proto.graph.node
+        if node.op_type == "MatMul" and node.name.startswith(("/subsampling/out/", "/output/"))
+    ]
+    if len(kept) != 2:  # another exporter's names: the quantization would silently differ
+        raise RuntimeError(f"expected the MatMuls of subsampling.out and output, found {kept}")
+    return kept
+
+
+def _metadata(packaged: PackagedModel, precision: str) -> dict[str, str]:
+    return {
+        "imputer_asr.format": ONNX_FORMAT,
+        "imputer_asr.config": json.dumps(config_to_dict(packaged.config)),
+        "imputer_asr.tokenizer": base64.b64encode(packaged.tokenizer.model_proto).decode("ascii"),
+        "imputer_asr.info": json.dumps(packaged.info, default=str),
+        "imputer_asr.precision": precision,
+    }
+
+
+def export_onnx(packaged: PackagedModel, out: str | os.PathLike, *, int8: bool = False) -> ExportReport:
+    """Write ``packaged`` (from :func:`~imputer_asr.training.checkpoint.load_packaged`) as one ONNX
+    file at ``out`` (atomically), float32 or with int8 weights; then load it back and compare its
+    log-probabilities with PyTorch's on a random batch.
+
+    Raises:
+        ValueError: onnx or onnxruntime is not installed.
+    """
+    onnx = _import_onnx()
+    out = Path(out)
+    precision = "int8" if int8 else "float32"
+    model = packaged.model.eval()
+    with tempfile.TemporaryDirectory(prefix="imputer-asr-export-") as tmp:
+        graph = Path(tmp) / "float32.onnx"
+        _trace_to_onnx(model, graph)
+        if int8:
+            _quantize_int8(graph, Path(tmp) / "int8.onnx")
+            graph = Path(tmp) / "int8.onnx"
+        proto = onnx.load(str(graph))
+    onnx.helper.set_model_props(proto, _metadata(packaged, precision))
+    proto.producer_name = "imputer_asr"
+    data = proto.SerializeToString()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(out, data)
+    exported = _onnx_imputer(proto, packaged.config.model, precision, str(out))
+    return ExportReport(out, len(data), precision, _max_abs_diff(model, exported))
+
+
+@torch.inference_mode()
+def _max_abs_diff(model: ImputerModel, exported: OnnxImputer) -> float:
+    """Largest |log-prob difference| of the two networks over the valid frames of a random batch,
+    all-[MASK] and with random alignment tokens."""
+    features, lengths = _example_batch(model.cfg, seed=1)
+    hidden, frames = model.encode_acoustic(features, lengths)
+    tokens = torch.randint(
+        0, model.cfg.mask_id + 1, hidden.shape[:2], generator=torch.Generator().manual_seed(1)
+    )
+    valid = ~padding_mask(frames, hidden.size(1))
+    worst = 0.0
+    for alignment in (model.all_mask(hidden), tokens):
+        reference = model.impute(hidden, frames, alignment)
+        got = exported.impute(*exported.encode_acoustic(features, lengths), alignment)
+        worst = max(worst, float((got - reference)[valid].abs().max()))
+    return worst
+
+
+class OnnxImputer(nn.Module):
+    """An exported network run by onnxruntime on the CPU, with the methods decoding calls on an
+    :class:`~imputer_asr.model.conformer.ImputerModel`.
+
+    Inputs may lie on any device; the outputs come back there. Made by :func:`load_onnx`.
+
+    Args:
+        encoder: the onnxruntime session of the acoustic encoder.
+        imputer: the onnxruntime session of the imputation.
+        cfg: the model configuration the network was built with.
+        precision: ``float32`` or ``int8``.
+    """
+
+    def __init__(self, encoder: Any, imputer: Any, cfg: ModelConfig, precision: str) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.precision = precision
+        self._encoder = encoder
+        self._imputer = imputer
+        # The decoding loops take a model's device from its first parameter; this one holds none of
+        # the weights (they live in the sessions) and only says where the inputs are expected.
+        self.device_anchor = nn.Parameter(torch.empty(0), requires_grad=False)
+
+    def encode_acoustic(self, features: Tensor, feature_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """(N, T, F), (N,) -> acoustic states (N, T', d), encoder lengths (N,)."""
+        if features.dim() != 3 or features.size(-1) != self.cfg.input_dim:
+            raise ValueError(f"features must be (N, T, {self.cfg.input_dim}), got {tuple(features.shape)}")
+        if feature_lengths.shape != features.shape[:1]:
+            raise ValueError(f"lengths must be ({features.size(0)},), got {tuple(feature_lengths.shape)}")
+        if (feature_lengths < MIN_INPUT_FRAMES).any() or (feature_lengths > features.size(1)).any():
+            raise ValueError(
+                f"lengths must be in [{MIN_INPUT_FRAMES}, {features.size(1)}], got {feature_lengths.tolist()}"
+            )
+        feeds = {
+            "features": _array(features, np.float32),
+            "feature_lengths": _array(feature_lengths, np.int64),
+        }
+        encoded, lengths = self._encoder.run(_ENCODER_OUTPUTS, feeds)
+        return _tensor(encoded, features.device), _tensor(lengths, features.device)
+
+    def impute(self, hidden: Tensor, lengths: Tensor, tokens: Tensor) -> Tensor:
+        """Acoustic states (N, T', d), lengths (N,), alignment tokens (N, T') -> log-probs (N, T', C)."""
+        feeds = {
+            "hidden": _array(hidden, np.float32),
+            "hidden_lengths": _array(lengths, np.int64),
+            "tokens": _array(tokens, np.int64),
+        }
+        (log_probs,) = self._imputer.run(_IMPUTER_OUTPUTS, feeds)
+        return _tensor(log_probs, hidden.device)
+
+    # What only composes the two halves is ImputerModel's own code, so the two cannot drift apart.
+    all_mask = ImputerModel.all_mask
+    forward = ImputerModel.forward
+
+
+def _array(tensor: Tensor, dtype: type) -> np.ndarray:
+    return np.ascontiguousarray(tensor.detach().cpu().numpy(), dtype=dtype)
+
+
+def _tensor(array: np.ndarray, device: torch.device) -> Tensor:
+    return torch.from_numpy(array).to(device)
+
+
+def _import_onnx() -> Any:
+    try:
+        import onnx
+        import onnxruntime  # noqa: F401  (checked here, used where the sessions are made)
+    except ImportError:
+        raise ValueError(f"the ONNX backend needs onnx and onnxruntime; {INSTALL_HINT}") from None
+    return onnx
+
+
+def _session(proto: Any, threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: its warnings would be lines on a command's stderr
+    # Idle worker threads sleep instead of spinning: the K-step loop runs torch between the
+    # session's calls, and a spinning pool takes the cores from it and from other processes. On 2
+    # cores busy with a training, K=4 decoding of 4 utterances by the demo's 6-block model took a
+    # median 1.5 s instead of 6.6 s (float32; int8 0.5 s instead of 5.0 s); on idle cores the two
+    # settings decode 50 test utterances within 5 % of each other.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _onnx_imputer(
+    proto: Any, cfg: ModelConfig, precision: str, name: str, threads: int | None = None
+) -> OnnxImputer:
+    """The two halves of an export's graph as onnxruntime sessions of ``threads`` threads (default:
+    torch's thread count, which ``--threads`` sets)."""
+    from onnx.utils import Extractor
+
+    threads = threads or torch.get_num_threads()
+    graph_names = {value.name for value in proto.graph.input} | {value.name for value in proto.graph.output}
+    missing = sorted(
+        set(_ENCODER_INPUTS + _IMPUTER_INPUTS + _ENCODER_OUTPUTS + _IMPUTER_OUTPUTS) - graph_names
+    )
+    if missing:
+        raise ValueError(f"{name}: inconsistent ONNX export (the graph has no {', '.join(missing)})")
+    extractor = Extractor(proto)
+    encoder = extractor.extract_model(_ENCODER_INPUTS, _ENCODER_OUTPUTS)
+    imputer = extractor.extract_model(_IMPUTER_INPUTS, _IMPUTER_OUTPUTS)
+    return OnnxImputer(_session(encoder, threads), _session(imputer, threads), cfg, precision)
+
+
+def load_onnx(path: str | os.PathLike, threads: int | None = None) -> PackagedModel:
+    """An export of :func:`export_onnx` as a :class:`PackagedModel` whose ``.model`` is an
+    :class:`OnnxImputer` (onnxruntime sessions of ``threads`` threads; default torch's count).
+
+    Raises:
+        ValueError: the file is missing, not an ONNX file, or not one written by :func:`export_onnx`
+            (each naming it); onnx or onnxruntime is not installed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such model file")
+    try:
+        onnx = _import_onnx()
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    try:
+        proto = onnx.load(str(path))
+    except Exception:  # protobuf's DecodeError and onnx's own, for a truncated or foreign file
+        raise ValueError(
+            f"{path}: not an imputer_asr model file (neither a packaged model.pt nor an ONNX file)"
+        ) from None
+    meta = {prop.key: prop.value for prop in proto.metadata_props}
+    if meta.get("imputer_asr.format") != ONNX_FORMAT:
+        raise ValueError(
+            f"{path}: not an ONNX model written by `imputer-asr export` (no imputer_asr metadata)"
+        )
+    try:
+        config: ExperimentConfig = config_from_dict(json.loads(meta["imputer_asr.config"]))
+        tokenizer = Tokenizer(base64.b64decode(meta["imputer_asr.tokenizer"]))
+        info = json.loads(meta["imputer_asr.info"])
+        precision = meta["imputer_asr.precision"]
+        if precision not in PRECISIONS or not isinstance(info, dict):
+            raise ValueError(f"precision {precision!r}, info {type(info).__name__}")
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise ValueError(f"{path}: inconsistent ONNX export ({exc})") from None
+    model = _onnx_imputer(proto, config.model, precision, str(path), threads)
+    return PackagedModel(model, tokenizer, config, {**info, "precision": precision})
+
+
+def load_packaged_or_onnx(path: str | os.PathLike) -> PackagedModel:
+    """A packaged ``model.pt`` (:func:`~imputer_asr.training.checkpoint.load_packaged`) or an ONNX
+    export (:func:`load_onnx`), told apart by content: a PyTorch file is a zip archive.
+
+    Raises:
+        ValueError: the file is missing, or is neither kind (naming it).
+    """
+    path = Path(path)
+    if not path.is_file() or zipfile.is_zipfile(path):
+        return load_packaged(path)
+    return load_onnx(path)
