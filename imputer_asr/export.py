@@ -54,7 +54,7 @@ from torch import Tensor, nn
 from imputer_asr.config import ExperimentConfig, ModelConfig, config_from_dict, config_to_dict
 from imputer_asr.data.tokenizer import Tokenizer
 from imputer_asr.files import write_bytes_atomic
-from imputer_asr.model.conformer import MIN_INPUT_FRAMES, ImputerModel, padding_mask
+from imputer_asr.model.conformer import ImputerModel, check_features, padding_mask
 from imputer_asr.training.checkpoint import PackagedModel, load_packaged
 
 __all__ = [
@@ -315,14 +315,7 @@ class OnnxImputer(nn.Module):
 
     def encode_acoustic(self, features: Tensor, feature_lengths: Tensor) -> tuple[Tensor, Tensor]:
         """(N, T, F), (N,) -> acoustic states (N, T', d), encoder lengths (N,)."""
-        if features.dim() != 3 or features.size(-1) != self.cfg.input_dim:
-            raise ValueError(f"features must be (N, T, {self.cfg.input_dim}), got {tuple(features.shape)}")
-        if feature_lengths.shape != features.shape[:1]:
-            raise ValueError(f"lengths must be ({features.size(0)},), got {tuple(feature_lengths.shape)}")
-        if (feature_lengths < MIN_INPUT_FRAMES).any() or (feature_lengths > features.size(1)).any():
-            raise ValueError(
-                f"lengths must be in [{MIN_INPUT_FRAMES}, {features.size(1)}], got {feature_lengths.tolist()}"
-            )
+        check_features(features, feature_lengths, self.cfg.input_dim)
         feeds = {
             "features": _array(features, np.float32),
             "feature_lengths": _array(feature_lengths, np.int64),

@@ -42,6 +42,7 @@ __all__ = [
     "utterance_means",
     "SUBSAMPLING",
     "MIN_INPUT_FRAMES",
+    "check_features",
 ]
 
 SUBSAMPLING = 4
@@ -189,6 +190,19 @@ class _ConformerBlock(nn.Module):
         return self.norm(x)
 
 
+def check_features(features: Tensor, feature_lengths: Tensor, input_dim: int) -> None:
+    """Raise ValueError unless ``features`` is (N, T, input_dim) and every length is in
+    [MIN_INPUT_FRAMES, T]: what the encoder needs, whichever backend runs it."""
+    if features.dim() != 3 or features.size(-1) != input_dim:
+        raise ValueError(f"features must be (N, T, {input_dim}), got {tuple(features.shape)}")
+    if feature_lengths.shape != features.shape[:1]:
+        raise ValueError(f"lengths must be ({features.size(0)},), got {tuple(feature_lengths.shape)}")
+    if (feature_lengths < MIN_INPUT_FRAMES).any() or (feature_lengths > features.size(1)).any():
+        raise ValueError(
+            f"lengths must be in [{MIN_INPUT_FRAMES}, {features.size(1)}], got {feature_lengths.tolist()}"
+        )
+
+
 class ImputerModel(nn.Module):
     """Conformer encoder over fbank plus a partial alignment; outputs per-frame log-probabilities.
 
@@ -242,14 +256,7 @@ class ImputerModel(nn.Module):
 
     def encode_acoustic(self, features: Tensor, feature_lengths: Tensor) -> tuple[Tensor, Tensor]:
         """Subsampling and the blocks below ``inject_layer``: (N, T, F) -> (N, T', d), lengths."""
-        if features.dim() != 3 or features.size(-1) != self.cfg.input_dim:
-            raise ValueError(f"features must be (N, T, {self.cfg.input_dim}), got {features.shape}")
-        if feature_lengths.shape != features.shape[:1]:
-            raise ValueError(f"lengths must be ({features.size(0)},), got {tuple(feature_lengths.shape)}")
-        if (feature_lengths < MIN_INPUT_FRAMES).any() or (feature_lengths > features.size(1)).any():
-            raise ValueError(
-                f"lengths must be in [{MIN_INPUT_FRAMES}, {features.size(1)}], got {feature_lengths.tolist()}"
-            )
+        check_features(features, feature_lengths, self.cfg.input_dim)
         if self.cfg.utterance_cmn:
             features = features - utterance_means(features, feature_lengths)
         features = (features - self.feature_mean) / self.feature_std
