@@ -139,9 +139,10 @@ def decode_cutset(
 ) -> CutSetDecoding[T]:
     """Run ``decoder`` over every cut (with precomputed features) in batches of at most
     ``max_duration`` seconds of audio, on the model's device, in eval mode (restored afterwards);
-    ``desc`` labels the progress bar. A first pass over ``cuts`` reads their ids (the order of the
-    result; the loader sorts by duration), a second one loads them."""
+    ``desc`` labels the progress bar. Lazy ``cuts`` are read once, into memory: the loader sorts
+    them all by duration anyway, and the result keeps the manifest's order."""
     device = next(model.parameters()).device
+    cuts = cuts.to_eager()
     position = {cut.id: i for i, cut in enumerate(cuts)}  # manifest order (the loader sorts by duration)
     loader = make_loader(cuts, tokenizer, DataConfig(max_duration=max_duration), train=False)
     cut_ids, refs, durations, outputs = [], [], [], []
