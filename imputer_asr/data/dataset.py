@@ -222,11 +222,7 @@ class AsrDataset(Dataset):
             except Exception as exc:  # storage backends raise many types for a missing or corrupt file
                 where = f"{cut.features.storage_path}" if cut.has_features else "no features"
                 unreadable.append(f"{cut.id} ({where}: {_first_line(exc)})")
-        if unreadable and not self.skip_unreadable:
-            raise ValueError(
-                f"{len(unreadable)} cut(s) with unreadable features: {'; '.join(unreadable[:3])}; "
-                "rerun the fbank stage"
-            )
+        self._refuse_unless_skipping(unreadable, "features", "fbank")
         return CutSet.from_cuts(good), unreadable
 
     def _read_alignments(self, cuts: CutSet) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -237,12 +233,16 @@ class AsrDataset(Dataset):
                 alignments[cut.id] = _load_alignment(cut)
             except _UnreadableAlignment as exc:
                 unreadable.append(f"{cut.id} ({exc})")
+        self._refuse_unless_skipping(unreadable, "alignments", "align")
+        return alignments, unreadable
+
+    def _refuse_unless_skipping(self, unreadable: list[str], what: str, stage: str) -> None:
+        """Outside training, unreadable cuts are an error naming (the first three of) them."""
         if unreadable and not self.skip_unreadable:
             raise ValueError(
-                f"{len(unreadable)} cut(s) with unreadable alignments: {'; '.join(unreadable[:3])}; "
-                "rerun the align stage"
+                f"{len(unreadable)} cut(s) with unreadable {what}: {'; '.join(unreadable[:3])}; "
+                f"rerun the {stage} stage"
             )
-        return alignments, unreadable
 
 
 class _UnreadableAlignment(Exception):
@@ -286,12 +286,8 @@ def _load_alignment(cut: Cut) -> np.ndarray:
 
 
 def alignment_file(alignment: TemporalArray) -> str:
-    """Where an alignment is stored: its file and key (``aligned.alignments.h5, key CUT``, the align
-    stage's HDF5 storage), or its file (numpy_files storage, as an older align stage wrote it)."""
-    array = alignment.array
-    if array.storage_type == "numpy_files":
-        return str(Path(array.storage_path) / array.storage_key)
-    return f"{array.storage_path}, key {array.storage_key}"
+    """Where an alignment is stored: its file and key (``aligned.alignments.h5, key CUT``)."""
+    return f"{alignment.array.storage_path}, key {alignment.array.storage_key}"
 
 
 def make_sampler(

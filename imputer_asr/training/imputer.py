@@ -258,7 +258,7 @@ def check_cut_alignments(cuts: CutSet) -> None:
 
     One pass over the manifest. An HDF5 storage (what :func:`align_cuts` writes) is opened once and
     each cut's entry looked up, its shape and type, not its data; it is closed again before returning,
-    so no DataLoader worker inherits the handle. Of another storage type only the path is checked.
+    so no DataLoader worker inherits the handle.
     """
     counts = dict.fromkeys(_ALIGNMENT_FAULTS, 0)
     first: dict[str, str] = {}
@@ -299,29 +299,25 @@ class _OpenStorages:
     """The alignment storages a check has opened, by path; the HDF5 files are closed on exit."""
 
     def __init__(self) -> None:
-        self.files: dict[str, h5py.File | None] = {}
+        self.files: dict[str, h5py.File] = {}
 
     def __enter__(self) -> _OpenStorages:
         return self
 
     def __exit__(self, *exc_info) -> None:
         for file in self.files.values():
-            if file is not None:
-                file.close()
+            file.close()
 
     def holds(self, array: Array) -> bool:
-        """Whether ``array``'s storage holds an integer array of its shape under its key (HDF5), or
-        exists (another storage type).
+        """Whether ``array``'s HDF5 storage holds an integer array of its shape under its key.
 
         Raises:
             ValueError: naming the storage, when it is missing or not an HDF5 file that opens.
         """
         path = array.storage_path
         if path not in self.files:
-            self.files[path] = _open_storage(path, array.storage_type)
+            self.files[path] = _open_storage(path)
         file = self.files[path]
-        if file is None:
-            return True
         try:
             entry = file.get(array.storage_key)
         except (OSError, KeyError, RuntimeError, ValueError):  # a damaged entry: it does not hold it
@@ -333,12 +329,10 @@ class _OpenStorages:
         )
 
 
-def _open_storage(path: str, storage_type: str) -> h5py.File | None:
-    """The HDF5 file ``path`` open for reading; None for another storage type that exists."""
+def _open_storage(path: str) -> h5py.File:
+    """The HDF5 file ``path`` open for reading."""
     if not Path(path).exists():
         raise ValueError(f"{path}: no such alignment storage (the manifest names it): rerun the align stage")
-    if storage_type != NumpyHdf5Writer.name:
-        return None
     try:
         return h5py.File(path, "r")
     except OSError as exc:  # cut short, or not HDF5
