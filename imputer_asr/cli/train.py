@@ -178,10 +178,6 @@ def _add_align(sub) -> None:
     p.set_defaults(func=_run_align)
 
 
-def _hours(cuts) -> float:
-    return sum(cut.duration for cut in cuts) / 3600.0
-
-
 def _run_align(args) -> None:
     from imputer_asr.training.checkpoint import load_packaged
     from imputer_asr.training.imputer import align_cuts, alignment_storage, sample_hours
@@ -191,15 +187,7 @@ def _run_align(args) -> None:
     packaged.model.to(args.device)
     cuts = load_cuts(args.cuts)
     if args.max_hours is not None:
-        subset = sample_hours(cuts, args.max_hours, seed=args.seed)
-        log.info(
-            "aligning %d of %d cuts (%.2f of %.2f h)",
-            len(subset),
-            len(cuts),
-            _hours(subset),
-            _hours(cuts),
-        )
-        cuts = subset
+        cuts = sample_hours(cuts, args.max_hours, seed=args.seed)
     align_cuts(packaged.model, cuts, packaged.tokenizer, args.out, max_duration=args.max_duration)
     log.info("wrote %s, its alignments in %s", args.out, alignment_storage(args.out))
 

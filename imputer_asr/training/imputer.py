@@ -360,8 +360,9 @@ def sample_hours(cuts: CutSet, hours: float, seed: int = 0) -> CutSet:
     for cut in cuts:
         ids.append(cut.id)
         durations.append(cut.duration)
-    budget = hours * 3600.0
-    if sum(durations) <= budget:
+    budget, available = hours * 3600.0, sum(durations)
+    if available <= budget:
+        log.info("aligning all %d cuts (%.2f h)", len(ids), available / 3600)
         return cuts
     order = list(range(len(ids)))
     random.Random(seed).shuffle(order)
@@ -371,6 +372,8 @@ def sample_hours(cuts: CutSet, hours: float, seed: int = 0) -> CutSet:
             break
         chosen.add(ids[index])
         total += durations[index]
+    # Logged here, from the one pass that read the durations: counting again would read the manifest again.
+    log.info("aligning %d of %d cuts (%.2f of %.2f h)", len(chosen), len(ids), total / 3600, available / 3600)
     if cuts.is_lazy:
         return lazy_subset(cuts, _IdIn(frozenset(chosen)), len(chosen))
     return CutSet([cut for cut in cuts if cut.id in chosen])
