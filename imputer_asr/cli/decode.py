@@ -41,14 +41,8 @@ def _add_decode(sub) -> None:
 
 def _run_decode(args) -> None:
     from imputer_asr.decoding.ctc import decode_cuts
-    from imputer_asr.export import load_packaged_or_onnx
 
-    if args.arpa is not None and args.lexicon is None:
-        raise UsageError("--arpa needs --lexicon (the words the search may write)")
-    resolve_runtime(args)
-    packaged = load_packaged_or_onnx(args.model)
-    packaged.model.to(args.device)
-    cuts = load_cuts(args.cuts)
+    packaged, cuts = _model_and_cuts(args)
     if args.lexicon is not None:
         hyps, seconds, weights = decode_with_lm(args, packaged, cuts)
         timing = _write_decoding(args, hyps, seconds, **dataclasses.asdict(weights))
@@ -56,6 +50,19 @@ def _run_decode(args) -> None:
         hyps, seconds = decode_cuts(packaged.model, packaged.tokenizer, cuts)
         timing = _write_decoding(args, hyps, seconds)
     _log_decoding(hyps, seconds, timing)
+
+
+def _model_and_cuts(args):
+    """What both decode commands start from: the LM options checked, the runtime set, the model (a
+    packaged model.pt or its ONNX export) on its device, the cuts."""
+    from imputer_asr.export import load_packaged_or_onnx
+
+    if args.arpa is not None and args.lexicon is None:
+        raise UsageError("--arpa needs --lexicon (the words the search may write)")
+    resolve_runtime(args)
+    packaged = load_packaged_or_onnx(args.model)
+    packaged.model.to(args.device)
+    return packaged, load_cuts(args.cuts)
 
 
 def _log_decoding(hyps, seconds: float, timing: dict, more: str = "") -> None:
@@ -116,18 +123,12 @@ def _add_decode_imputer(sub) -> None:
 
 def _run_decode_imputer(args) -> None:
     from imputer_asr.decoding.imputer import decode_cuts_imputer
-    from imputer_asr.export import load_packaged_or_onnx
 
-    if args.arpa is not None and args.lexicon is None:
-        raise UsageError("--arpa needs --lexicon (the words the search may write)")
     if args.lexicon is not None and args.adaptive is not None:
         raise UsageError("--adaptive cannot be combined with --lexicon (the LM search reads step K of K)")
-    resolve_runtime(args)
-    packaged = load_packaged_or_onnx(args.model)
-    packaged.model.to(args.device)
+    packaged, cuts = _model_and_cuts(args)
     block_size = args.block_size or packaged.config.imputer.block_size
     steps = args.steps or block_size
-    cuts = load_cuts(args.cuts)
     if args.lexicon is not None:
         hyps, seconds, record = decode_imputer_with_lm(args, packaged, cuts, steps, block_size)
     else:
