@@ -28,6 +28,7 @@ from imputer_asr.data.augment import ChannelAugment
 from imputer_asr.data.dataset import lazy_subset, load_cuts
 from imputer_asr.data.tokenizer import Tokenizer
 from imputer_asr.files import write_cuts_atomic
+from imputer_asr.model.conformer import subsampled_lengths
 
 __all__ = [
     "OPENSLR_URL",
@@ -150,7 +151,7 @@ class _Trainable:
         if self.tokenizer.unk_id in ids:
             return "unspellable"
         frames = compute_num_frames(cut.duration, self.features.frame_shift, self.features.sample_rate)
-        encoder_frames = ((frames - 1) // 2 - 1) // 2
+        encoder_frames = subsampled_lengths(frames)
         if not ids or not ctc_feasible(encoder_frames, ids):
             return "short"
         return None

@@ -51,8 +51,9 @@ MIN_INPUT_FRAMES = 7
 """The fewest input frames that give one encoder frame."""
 
 
-def subsampled_lengths(lengths: Tensor) -> Tensor:
-    """Number of encoder frames for ``lengths`` fbank frames (two unpadded stride-2 3x3 convs)."""
+def subsampled_lengths(lengths: Tensor | int) -> Tensor | int:
+    """Number of encoder frames for ``lengths`` fbank frames (two unpadded stride-2 3x3 convs); a
+    tensor of lengths or one length."""
     return ((lengths - 1) // 2 - 1) // 2
 
 

@@ -269,7 +269,7 @@ def check_cut_alignments(cuts: CutSet) -> None:
                 fault = "missing"
             elif not isinstance(stored, TemporalArray):
                 fault = "inline"
-            elif stored.shape[0] != int(subsampled_lengths(torch.tensor(cut.num_frames))):
+            elif stored.shape[0] != subsampled_lengths(cut.num_frames):
                 fault = "wrong"
             else:
                 fault = None if storages.holds(stored.array) else "unstored"
