@@ -128,9 +128,13 @@ class TrainConfig:
     An update whose gradient norm is not finite is skipped (logged with its cut ids); after
     ``max_skipped_updates`` skipped in a row the run stops, naming them.
 
-    Scale-out: ``device`` "cuda" trains on GPU ``LOCAL_RANK`` (set by torchrun), ``bf16`` runs the
-    forward pass under bfloat16 autocast there (the losses stay in float32), and ``accum_grad`` sums
-    the gradients of that many batches into one update. ``steps_per_epoch`` and ``warmup_steps``
+    ``bf16`` runs the forward pass under bfloat16 autocast, on CPU as on GPU: the matrix products
+    and convolutions in bfloat16; the residual stream, attention, the output distribution, the
+    losses, the weights and the optimizer in float32. It pays on CPUs with AVX512-BF16 or AMX (see
+    benchmarks/train_speed.py).
+
+    Scale-out: ``device`` "cuda" trains on GPU ``LOCAL_RANK`` (set by torchrun), and ``accum_grad``
+    sums the gradients of that many batches into one update. ``steps_per_epoch`` and ``warmup_steps``
     count updates.
     """
 

@@ -292,3 +292,45 @@ def test_gradients_reach_every_parameter(inject_layer: int, with_tokens: bool) -
         assert (model.align_embed.weight.grad[row].abs().sum() > 0) == (row in used), row
         token_grad = model.token_embed.weight.grad[row].abs().sum()
         assert (token_grad > 0) == (row in used and row != VOCAB), row
+
+
+def test_depthwise_convolution_is_the_conv1d_of_its_weights() -> None:
+    """The convolution module runs its depthwise Conv1d as a 2-D convolution over a channels-last
+    view (faster on CPU); the oracle is the Conv1d module applied the textbook way."""
+    model = _model(dropout=0.0).eval()
+    conv = model.blocks[0].conv
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 11, 16, generator=g)
+    pad = padding_mask(torch.tensor([11, 7, 2]), 11)
+    y = F.glu(conv.pointwise_in(conv.norm(x)), dim=-1).masked_fill(pad[..., None], 0.0)
+    y = conv.depthwise(y.transpose(1, 2)).transpose(1, 2)
+    expected = conv.pointwise_out(F.silu(conv.depthwise_norm(y)))
+    torch.testing.assert_close(conv(x, pad), expected)
+
+
+def test_bf16_autocast_keeps_attention_and_the_output_in_float32(monkeypatch) -> None:
+    """Under CPU bfloat16 autocast the matrix products run in bfloat16, but attention (slow in
+    bfloat16 on CPU) and the log-probabilities (summed by the losses) stay float32, and the
+    output stays close to the float32 network's."""
+    model = _model(dropout=0.0).eval()
+    _, batch, lengths = _ragged_batch()
+    seen: list[torch.dtype] = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kwargs):
+        seen.extend((q.dtype, k.dtype, v.dtype))
+        return sdpa(q, k, v, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    with torch.no_grad():
+        reference, _ = model(batch, lengths)
+        seen.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            hidden, _ = model.encode_acoustic(batch, lengths)
+            log_probs, _ = model(batch, lengths)
+    assert hidden.dtype == torch.bfloat16  # autocast did reach the matrix products
+    assert seen and set(seen) == {torch.float32}
+    assert log_probs.dtype == torch.float32
+    valid = ~padding_mask(subsampled_lengths(lengths), log_probs.size(1))
+    gap = (log_probs.exp() - reference.exp()).abs()[valid].max()
+    assert 0 < gap < 0.05

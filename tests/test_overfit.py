@@ -1,8 +1,12 @@
 """A tiny conformer overfits a handful of synthesized utterances until greedy CTC decoding
-reproduces their transcripts exactly: the model, the loss, the batching and the decoder agree."""
+reproduces their transcripts exactly: the model, the loss, the batching and the decoder agree, in
+float32 and under the bfloat16 autocast of ``train.bf16``."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
+import pytest
 import torch
 from lhotse import CutSet
 
@@ -13,7 +17,8 @@ from imputer_asr.model.conformer import ImputerModel
 from imputer_asr.training.loop import ctc_objective
 
 
-def test_tiny_model_overfits_to_exact_transcripts(tiny_corpus):
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-autocast"])
+def test_tiny_model_overfits_to_exact_transcripts(tiny_corpus, bf16: bool):
     torch.manual_seed(0)
     tok = tiny_corpus.tokenizer
     cuts = CutSet.from_file(tiny_corpus.fbank_cuts("train")).to_eager().subset(first=6)
@@ -33,7 +38,8 @@ def test_tiny_model_overfits_to_exact_transcripts(tiny_corpus):
     batch = next(iter(make_loader(cuts, tok, data, train=False)))
     assert len(batch["texts"]) == 6
     for step in range(400):
-        loss_sum, tokens = ctc_objective(model, batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
+            loss_sum, tokens = ctc_objective(model, batch)
         optimizer.zero_grad()
         (loss_sum / tokens).backward()
         optimizer.step()

@@ -133,7 +133,13 @@ class _RotarySelfAttention(nn.Module):
         n, t, d = x.shape
         q, k, v = self.qkv(self.norm(x)).view(n, t, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k = _apply_rotary(q, *rotary), _apply_rotary(k, *rotary)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attend)
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # Attention stays in float32 under CPU autocast: flash attention's backward is 6x
+            # slower in bfloat16 than in float32 on CPU (torch 2.14, benchmarks/train_speed.py).
+            with torch.autocast("cpu", enabled=False):
+                y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=attend)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attend)
         return self.out(y.transpose(1, 2).reshape(n, t, d))
 
 
@@ -150,7 +156,18 @@ class _ConvModule(nn.Module):
     def forward(self, x: Tensor, pad: Tensor) -> Tensor:
         y = F.glu(self.pointwise_in(self.norm(x)), dim=-1)
         y = y.masked_fill(pad[..., None], 0.0)
-        y = self.depthwise(y.transpose(1, 2)).transpose(1, 2)
+        # The depthwise convolution as a 2-D one over (N, d, T, 1), a view of (N, T, d) that is
+        # already channels-last: oneDNN's grouped 1-D convolution is 2.4x slower forward and
+        # backward on CPU and needs two transposed copies. Same weights, same numbers.
+        conv = self.depthwise
+        y = F.conv2d(
+            y.transpose(1, 2).unsqueeze(-1),
+            conv.weight.unsqueeze(-1),
+            conv.bias,
+            padding=(conv.padding[0], 0),
+            groups=conv.groups,
+        )
+        y = y.squeeze(-1).transpose(1, 2)
         y = F.silu(self.depthwise_norm(y))
         return self.dropout(self.pointwise_out(y))
 
@@ -273,7 +290,12 @@ class ImputerModel(nn.Module):
         """Top blocks over acoustic states plus alignment tokens -> log-probs (N, T', C)."""
         x = hidden + self.alignment_input(tokens)
         x = self._run_blocks(x, lengths, self.blocks[self.cfg.inject_layer :])
-        return self.output(x).log_softmax(dim=-1)
+        return self._log_softmax(x)
+
+    def _log_softmax(self, x: Tensor) -> Tensor:
+        # float32 whatever autocast made of the output layer: the losses' sums over frames and the
+        # decoders' confidence ranking need more than bfloat16's 8 bits of mantissa
+        return self.output(x).float().log_softmax(dim=-1)
 
     def impute_with_intermediate(
         self, hidden: Tensor, lengths: Tensor, tokens: Tensor
@@ -285,9 +307,9 @@ class ImputerModel(nn.Module):
         split = self.cfg.interctc_layer - self.cfg.inject_layer
         top = self.blocks[self.cfg.inject_layer :]
         x = self._run_blocks(hidden + self.alignment_input(tokens), lengths, top[:split])
-        intermediate = self.output(x).log_softmax(dim=-1)
+        intermediate = self._log_softmax(x)
         x = self._run_blocks(x, lengths, top[split:])
-        return self.output(x).log_softmax(dim=-1), intermediate
+        return self._log_softmax(x), intermediate
 
     def all_mask(self, hidden: Tensor) -> Tensor:
         """The all-[MASK] alignment for ``hidden`` (N, T', d)."""

@@ -73,8 +73,6 @@ def _check(cfg: TrainConfig) -> None:
         raise ValueError(f"train.device must be cpu or cuda, got {cfg.device!r}")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("train.device is cuda but torch sees no CUDA device (set train.device=cpu)")
-    if cfg.bf16 and cfg.device != "cuda":
-        raise ValueError("train.bf16 needs train.device=cuda: bf16 autocast is for GPUs")
     if cfg.accum_grad < 1:
         raise ValueError(f"train.accum_grad must be at least 1, got {cfg.accum_grad}")
     if cfg.minutes_per_epoch < 0:
@@ -163,7 +161,9 @@ class ParallelObjective:
         """
         batch = to_device(batch, self.parallel.device)
         sync_context = nullcontext() if sync or self.ddp is None else self.ddp.no_sync()
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else nullcontext()
+        autocast = (
+            torch.autocast(self.parallel.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
+        )
         with sync_context:
             with autocast:
                 if self.ddp is None:

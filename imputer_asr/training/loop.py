@@ -507,11 +507,10 @@ def fit(
         else:
             logging.getLogger("imputer_asr").setLevel(logging.WARNING)
         model = _build_model(cfg, train_cuts, init_weights, parallel.device)
-        # foreach: one multi-tensor kernel per operation instead of the CPU default, a Python loop
-        # over the parameters: 0.337 -> 0.303 s per update of the synth model on batches held in
-        # memory, 2-3 % of a real training step.
+        # fused: one kernel for the whole update; the CPU's foreach path still loops over the
+        # parameters op by op (7.3 -> 1.9 ms per update of the demo model, 4 % of a step).
         optimizer = torch.optim.AdamW(
-            model.parameters(), lr=cfg.train.peak_lr, weight_decay=cfg.train.weight_decay, foreach=True
+            model.parameters(), lr=cfg.train.peak_lr, weight_decay=cfg.train.weight_decay, fused=True
         )
         clock = _restore(exp_dir, model, optimizer, resume)
         runner = ParallelObjective(model, objective, parallel, bf16=cfg.train.bf16)

@@ -1,0 +1,135 @@
+"""Training throughput against the machine's matrix-multiply speed, measured in one run.
+
+Seconds of audio trained per second of wall time say little across machines (they differ by 1.5x
+from one session to the next); divided by the fp32 matmul GFLOPS measured in the same run they say
+how much of the machine a training step uses. This times full updates (forward, CTC loss,
+backward, gradient clipping, AdamW) of a config's model on batches of random features held in
+memory, so data loading is not in the figure, in float32 and under the bfloat16 autocast of
+``train.bf16``, the two alternating so that machine load hits them alike.
+
+    python benchmarks/train_speed.py                                    # the demo CTC config
+    python benchmarks/train_speed.py --config recipes/synth/conf/ctc-full.json --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from imputer_asr.config import load_config
+from imputer_asr.model.conformer import ImputerModel
+from imputer_asr.training.loop import ctc_objective
+
+FRAMES_PER_SECOND = 100
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "recipes" / "synth" / "conf" / "ctc.json"
+
+
+def _parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=DEMO_CONFIG, help="experiment config (JSON)")
+    parser.add_argument("--vocab-size", type=int, default=40, help="pieces of the tokenizer")
+    parser.add_argument(
+        "--utterance-seconds", type=float, nargs=2, default=(2.5, 7.0), metavar=("MIN", "MAX")
+    )
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=10, help="timed updates per mode")
+    parser.add_argument("--matmul-size", type=int, default=1536)
+    return parser.parse_args()
+
+
+def matmul_gflops(dtype: torch.dtype, size: int, seconds: float = 1.0) -> float:
+    """GFLOPS of a square matmul of ``size`` in ``dtype``: the best of repeated passes of about
+    ``seconds`` each."""
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    for _ in range(3):
+        a @ b
+    best = 0.0
+    for _ in range(3):
+        count, start = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < seconds / 3:
+            a @ b
+            count += 1
+        best = max(best, 2 * size**3 * count / elapsed / 1e9)
+    return best
+
+
+def _batch(max_duration: float, seconds: tuple[float, float], vocab: int, generator: torch.Generator) -> dict:
+    """Utterances of random length in ``seconds`` up to ``max_duration`` s in all, about 12 pieces
+    per second, padded as the loader pads them."""
+    lengths: list[int] = []
+    while True:
+        frames = int(torch.empty(1).uniform_(*seconds, generator=generator) * FRAMES_PER_SECOND)
+        if (sum(lengths) + frames) / FRAMES_PER_SECOND > max_duration and lengths:
+            break
+        lengths.append(frames)
+    lengths.sort(reverse=True)
+    n, t = len(lengths), lengths[0]
+    target_lengths = torch.tensor([frames * 12 // FRAMES_PER_SECOND for frames in lengths])
+    return {
+        "features": torch.randn(n, t, 80, generator=generator),
+        "feature_lengths": torch.tensor(lengths),
+        "targets": torch.randint(1, vocab, (n, int(target_lengths.max())), generator=generator),
+        "target_lengths": target_lengths,
+    }
+
+
+def main() -> None:
+    args = _parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = load_config(args.config)
+    model_cfg = dataclasses.replace(cfg.model, vocab_size=args.vocab_size, mask_id=args.vocab_size)
+    generator = torch.Generator().manual_seed(0)
+    batches = [
+        _batch(cfg.data.max_duration, args.utterance_seconds, args.vocab_size, generator) for _ in range(4)
+    ]
+    audio = [float(b["feature_lengths"].sum()) / FRAMES_PER_SECOND for b in batches]
+
+    fp32_gflops = matmul_gflops(torch.float32, args.matmul_size)
+    bf16_gflops = matmul_gflops(torch.bfloat16, args.matmul_size)
+
+    torch.manual_seed(cfg.train.seed)
+    model = ImputerModel(model_cfg).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+
+    def update(batch: dict, bf16: bool) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
+            loss, tokens = ctc_objective(model, batch)
+        (loss / tokens).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip, foreach=True)
+        optimizer.step()
+
+    modes = {"fp32": False, "bf16": True}
+    rates: dict[str, list[float]] = {name: [] for name in modes}
+    for bf16 in modes.values():
+        for batch in batches:  # warm-up: oneDNN builds its kernels for each shape
+            update(batch, bf16)
+    for i in range(args.repeats):
+        batch = batches[i % len(batches)]
+        for name, bf16 in modes.items():
+            start = time.perf_counter()
+            update(batch, bf16)
+            rates[name].append(audio[i % len(batches)] / (time.perf_counter() - start))
+
+    print(
+        f"{args.config.name}: {model.num_parameters() / 1e6:.2f} M parameters, batches of "
+        f"{cfg.data.max_duration:.0f} s, {args.threads} threads, median of {args.repeats} updates per mode"
+    )
+    print(f"matmul {args.matmul_size}^2: fp32 {fp32_gflops:7.1f} GFLOPS, bf16 {bf16_gflops:7.1f} GFLOPS")
+    fp32_rate = statistics.median(rates["fp32"])
+    for name in modes:
+        rate = statistics.median(rates[name])
+        print(
+            f"train {name}: {rate:6.1f} s of audio/s   / fp32 GFLOPS = {rate / fp32_gflops:.2f}   "
+            f"(x{rate / fp32_rate:.2f} fp32)"
+        )
+
+
+if __name__ == "__main__":
+    main()
