@@ -130,8 +130,9 @@ class TrainConfig:
 
     ``bf16`` runs the forward pass under bfloat16 autocast, on CPU as on GPU: the matrix products
     and convolutions in bfloat16; the residual stream, attention, the output distribution, the
-    losses, the weights and the optimizer in float32. It pays on CPUs with AVX512-BF16 or AMX (see
-    benchmarks/train_speed.py).
+    losses, the weights and the optimizer in float32. A device without bfloat16 in hardware (a CPU
+    with neither AVX512-BF16 nor AMX) trains in float32 instead, with a warning: there the
+    emulation is slower than float32 (benchmarks/train_speed.py measures both).
 
     Scale-out: ``device`` "cuda" trains on GPU ``LOCAL_RANK`` (set by torchrun), and ``accum_grad``
     sums the gradients of that many batches into one update. ``steps_per_epoch`` and ``warmup_steps``

@@ -108,3 +108,30 @@ def test_time_budget_is_refused_under_several_processes(monkeypatch):
         init_parallel(TrainConfig(minutes_per_epoch=3.0))
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert init_parallel(TrainConfig(minutes_per_epoch=3.0)).world_size == 1
+
+
+def test_bf16_falls_back_to_float32_where_the_cpu_emulates_it(monkeypatch, caplog):
+    """On a CPU without AVX512-BF16 and AMX bfloat16 autocast is emulated (slower than float32):
+    train.bf16 then trains in float32 and says so; with either, it autocasts."""
+    from imputer_asr.config import ModelConfig
+    from imputer_asr.model.conformer import ImputerModel
+    from imputer_asr.training.distributed import Parallel, ParallelObjective
+
+    cfg = ModelConfig(vocab_size=5, mask_id=5, d_model=16, num_heads=2, ff_dim=32, num_layers=1)
+    model = ImputerModel(cfg)
+    seen: list[bool] = []
+
+    def objective(model, batch):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return model.output.weight.sum(), 1
+
+    for avx512_bf16, amx, expected in [(False, False, False), (True, False, True), (False, True, True)]:
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        caplog.clear()
+        runner = ParallelObjective(model, objective, Parallel(), bf16=True)
+        runner.backward({}, divisor=1.0)
+        assert seen[-1] is expected
+        assert ("training in float32" in caplog.text) is not expected
+    ParallelObjective(model, objective, Parallel(), bf16=False).backward({}, divisor=1.0)
+    assert seen[-1] is False

@@ -19,6 +19,7 @@ would weight a short batch as much as a long one, and 2 processes would not matc
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -32,7 +33,9 @@ from torch.nn.parallel import DistributedDataParallel
 from imputer_asr.config import TrainConfig
 from imputer_asr.model.conformer import ImputerModel
 
-__all__ = ["Parallel", "init_parallel", "ParallelObjective", "to_device"]
+__all__ = ["Parallel", "init_parallel", "ParallelObjective", "to_device", "native_bf16"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,14 @@ class _ObjectiveModule(nn.Module):
         return self.objective(self.model, batch)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bfloat16 matrices in hardware: a GPU that supports it, or a CPU
+    with AVX512-BF16 or AMX. Elsewhere bfloat16 autocast is emulated and slower than float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
 def to_device(batch: dict, device: torch.device) -> dict:
     """The batch with its tensors on ``device`` (the same dict on the CPU)."""
     if device.type == "cpu":
@@ -146,7 +157,12 @@ class ParallelObjective:
         self.model = model
         self.objective = objective
         self.parallel = parallel
-        self.bf16 = bf16
+        self.bf16 = bf16 and native_bf16(parallel.device)
+        if bf16 and not self.bf16:
+            log.warning(
+                "train.bf16: %s emulates bfloat16, slower than float32; training in float32",
+                "this CPU (no AVX512-BF16, no AMX)" if parallel.device.type == "cpu" else parallel.device,
+            )
         self.ddp: DistributedDataParallel | None = None
         if parallel.world_size > 1:
             cuda = parallel.device.type == "cuda"
