@@ -148,3 +148,19 @@ def test_combined_manifests_hold_every_part_in_order(tiny_corpus, tmp_path):
     assert [c.to_dict() for c in CutSet.from_file(out)] == [c.to_dict() for p in parts for c in p]
     with pytest.raises(ValueError, match="no parts"):
         combine_manifests(tmp_path, [], "none")
+
+
+def test_batches_are_padded_to_a_multiple_of_pad_frames_and_hold_each_cut_unchanged(tiny_corpus):
+    """Oracle: each cut's own features as lhotse loads them; past its length, only padding."""
+    from imputer_asr.data.dataset import PAD_FRAMES
+
+    cuts = CutSet.from_file(tiny_corpus.fbank_cuts("dev")).to_eager()
+    batches = _batches(cuts, tiny_corpus.tokenizer, train=False, sort=False)
+    assert any(int(b["feature_lengths"].max()) % PAD_FRAMES for b in batches)  # padding was needed
+    for batch in batches:
+        features, lengths = batch["features"], batch["feature_lengths"]
+        assert features.size(1) % PAD_FRAMES == 0
+        assert features.size(1) - int(lengths.max()) < PAD_FRAMES
+        for row, cut_id, n in zip(features, batch["cut_ids"], lengths.tolist(), strict=True):
+            own = torch.from_numpy(cuts[cut_id].load_features())
+            assert n == len(own) and torch.equal(row[:n], own)
