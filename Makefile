@@ -57,14 +57,15 @@ test: install ## run the test suite (slow end-to-end tests excluded)
 test-all: install ## run every test, slow ones included
 	$(PY) -m pytest -q --doctest-modules imputer_asr tests
 
-bench: $(VENV)/.installed ## imputer_loss vs ctc_loss speed; transcription RTF of the demo models, PyTorch vs onnxruntime fp32/int8 (after make demo)
+bench: $(VENV)/.installed ## each speed beside its reference, measured in one run: training vs matmul GFLOPS, imputer_loss vs ctc_loss, K=8 vs CTC greedy, onnxruntime vs PyTorch (the last two after make demo)
+	$(PY) benchmarks/train_speed.py --threads 2
 	OMP_NUM_THREADS=2 $(PY) benchmarks/loss_speed.py
+	@models=$$(ls recipes/synth/exp/imputer*/model.pt 2>/dev/null); \
+	if [ -n "$$models" ]; then $(PY) benchmarks/decode_speed.py --cuts data/synth/demo/fbank/cuts_test_fbank.jsonl.gz \
+	  --threads 2 --steps 8 $$models; else echo "recipes/synth/exp/imputer*/model.pt: not trained yet; run make demo"; fi
 	@if [ -f recipes/synth/exp/ctc/model.pt ]; then \
 	  $(PY) benchmarks/onnx_speed.py --model recipes/synth/exp/ctc/model.pt --decoders ctc --threads 2 data/synth/demo/corpus/test; \
 	else echo "recipes/synth/exp/ctc/model.pt: not trained yet; run make demo"; fi
-	@for m in recipes/synth/exp/imputer/model.pt recipes/synth/exp/imputer-inject3/model.pt; do \
-	  if [ -f $$m ]; then $(PY) benchmarks/transcribe_speed.py --model $$m data/synth/demo/corpus/test --threads 2 --steps 8; \
-	  else echo "$$m: not trained yet; run make demo (inject3: make -C recipes/synth package-imputer-inject, or make demo WITH_INJECT=yes)"; fi; done
 
 lint: $(VENV)/.installed ## ruff lint and format check
 	$(VENV)/bin/ruff check imputer_asr tests benchmarks
