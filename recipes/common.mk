@@ -199,24 +199,31 @@ $(IMP)/probe-$(DEV_PART).json: $(IMP)/model.pt
 	$(ASR) probe --model $< --cuts $(DEV_CUTS) --out $@ | tee $(IMP)/probe-$(DEV_PART).md
 
 # ---- The Imputer with the word LM: K-1 imputation steps, then the lexicon search over the log-probs of
-# the K-th evaluation (K = LM_STEPS); its LM weight is tuned on dev like CTC's ----
+# the K-th evaluation (K = LM_STEPS); its LM weight is tuned on dev like CTC's. One set of rules per
+# Imputer experiment: $(call imputer_lm_rules,<exp dir>,<target suffix>) ----
 LM_STEPS ?= 8
-IMP_LM_WEIGHTS := $(IMP)/lm-weights-k$(LM_STEPS).json
 
-.PHONY: tune-lm-imputer decode-imputer-lm score-imputer-lm
+define imputer_lm_rules
+tune-lm-imputer$(2): $(1)/lm-weights-k$(LM_STEPS).json
+$(1)/lm-weights-k$(LM_STEPS).json: $(1)/model.pt $(LM)
+	$(ASR) tune-lm --model $$< --steps $(LM_STEPS) --cuts $(DEV_CUTS) --lexicon $(LEXICON) \
+	  --arpa $(LM) $(LM_GRID) $(LM_SEARCH) --out $$@
+decode-imputer-lm$(2): $(1)/hyps-$(TEST_PART)-k$(LM_STEPS)lm.jsonl
+$(1)/hyps-%-k$(LM_STEPS)lm.jsonl: $(1)/model.pt $(1)/lm-weights-k$(LM_STEPS).json
+	$(ASR) decode-imputer --model $$< --cuts $$(call cuts,$$*) --out-dir $(1) --name $$*-k$(LM_STEPS)lm \
+	  --steps $(LM_STEPS) --lexicon $(LEXICON) --arpa $(LM) --lm-weights $(1)/lm-weights-k$(LM_STEPS).json \
+	  $(LM_SEARCH) $(DEVICE_ARGS)
+score-imputer-lm$(2): $(1)/wer-$(TEST_PART)-k$(LM_STEPS)lm.txt
+	@cat $$^
+.PHONY: tune-lm-imputer$(2) decode-imputer-lm$(2) score-imputer-lm$(2)
+endef
 
-tune-lm-imputer: $(IMP_LM_WEIGHTS) ## LM weight of the Imputer's K-th step, by DEV_PART WER
-$(IMP_LM_WEIGHTS): $(IMP)/model.pt $(LM)
-	$(ASR) tune-lm --model $< --steps $(LM_STEPS) --cuts $(DEV_CUTS) --lexicon $(LEXICON) \
-	  --arpa $(LM) $(LM_GRID) $(LM_SEARCH) --out $@
+$(eval $(call imputer_lm_rules,$(IMP),))
+$(eval $(call imputer_lm_rules,$(IMP_INJ),-inject))
 
-decode-imputer-lm: $(IMP)/hyps-$(TEST_PART)-k$(LM_STEPS)lm.jsonl ## Imputer K-step + LM search on TEST_PART
-$(IMP)/hyps-%-k$(LM_STEPS)lm.jsonl: $(IMP)/model.pt $(IMP_LM_WEIGHTS)
-	$(ASR) decode-imputer --model $< --cuts $(call cuts,$*) --out-dir $(IMP) --name $*-k$(LM_STEPS)lm \
-	  --steps $(LM_STEPS) --lexicon $(LEXICON) --arpa $(LM) --lm-weights $(IMP_LM_WEIGHTS) $(LM_SEARCH) $(DEVICE_ARGS)
-
-score-imputer-lm: $(IMP)/wer-$(TEST_PART)-k$(LM_STEPS)lm.txt ## WER/CER of the Imputer with the LM
-	@cat $^
+tune-lm-imputer: ## LM weight of the Imputer's K-th step, by DEV_PART WER (also tune-lm-imputer-inject)
+decode-imputer-lm: ## Imputer K-step + LM search on TEST_PART (also decode-imputer-lm-inject)
+score-imputer-lm: ## WER/CER of the Imputer with the LM (also score-imputer-lm-inject)
 
 # ---- The matched-budget CTC baseline: the CTC model trained on with the CTC loss for the Imputer's schedule
 # (same config and training clock), so that the Imputer's gain is not just more training. It reads the whole
@@ -243,7 +250,8 @@ score-ctc-matched: $(foreach p,$(DEV_PART) $(TEST_PART),$(MATCHED)/wer-$(p)-gree
 # step by step ----
 COMPARED_IMPS := $(IMP) $(if $(filter yes,$(WITH_INJECT)),$(IMP_INJ))
 COMPARE_SCORES := $(CTC)/wer-$(TEST_PART)-greedy.txt $(MATCHED)/wer-$(TEST_PART)-greedy.txt \
-  $(if $(filter yes,$(WITH_LM)),$(CTC)/wer-$(TEST_PART)-lm.txt $(IMP)/wer-$(TEST_PART)-k$(LM_STEPS)lm.txt) \
+  $(if $(filter yes,$(WITH_LM)),$(CTC)/wer-$(TEST_PART)-lm.txt \
+    $(foreach e,$(COMPARED_IMPS),$(e)/wer-$(TEST_PART)-k$(LM_STEPS)lm.txt)) \
   $(foreach e,$(COMPARED_IMPS),$(foreach k,$(STEPS),$(e)/wer-$(TEST_PART)-k$(k).txt) \
     $(if $(THRESHOLD),$(e)/wer-$(TEST_PART)-adaptive.txt))
 COMPARE_EXPS = --exp CTC=$(CTC) --exp CTC-matched=$(MATCHED) --exp Imputer=$(IMP) \
