@@ -703,3 +703,37 @@ def test_package_records_how_the_model_was_trained(
     out = tmp_path / "model.pt"
     assert main(["package", "--exp-dir", str(tmp_path / "exp"), "--bpe", str(bpe), "--out", str(out)]) == 0
     assert load_packaged(out).info["trained_as"] == (trained_as or "ctc")
+
+
+# --- bfloat16 inference ------------------------------------------------------------------------------
+
+
+def test_bf16_transcribes_what_float32_transcribes(model_path, asr, speech, long_path, capsys):
+    """``--bf16`` runs the network under bfloat16 autocast where the CPU has it (else float32, with a
+    warning); the overfitted model still reads every slot and the long recording right, and K-step
+    decoding (which this CTC model was not trained for) gives what it gives in float32."""
+    from imputer_asr.model.precision import Bf16Inference, native_bf16
+
+    fast = load_model(model_path, options=WINDOWS, bf16=True)
+    assert isinstance(fast.model, Bf16Inference) == native_bf16(torch.device("cpu"))
+    texts = [t.text for t in fast.transcribe([*speech.paths, long_path])]
+    assert texts == [*TEXTS, " ".join(TEXTS[i] for i in LONG_ORDER)]
+    imputer_texts = [t.text for t in fast.transcribe(speech.paths, decoder="imputer", steps=4)]
+    assert imputer_texts == [t.text for t in asr.transcribe(speech.paths, decoder="imputer", steps=4)]
+    status, out, _ = _transcribe(capsys, model_path, "--bf16", str(speech.paths[1]))
+    assert status == 0 and out == [f"{speech.paths[1]}\t{TEXTS[1]}"]
+
+
+def test_bf16_falls_back_to_float32_without_hardware_and_refuses_an_onnx_export(
+    model_path, speech, monkeypatch, caplog
+):
+    from imputer_asr.model.precision import bf16_inference
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    slow = load_model(model_path, options=WINDOWS, bf16=True)
+    assert isinstance(slow.model, ImputerModel)
+    assert "decoding in float32" in caplog.text
+    assert slow.transcribe(speech.paths[0])[0].text == TEXTS[0]
+    with pytest.raises(ValueError, match="ONNX export runs in its own precision"):
+        bf16_inference(torch.nn.Linear(2, 2), torch.device("cpu"))

@@ -34,7 +34,7 @@ def _add_decode(sub) -> None:
     p.add_argument("--cuts", type=Path, required=True)
     p.add_argument("--out-dir", type=Path, required=True)
     p.add_argument("--name", required=True, help="e.g. test-ctc; names the output files")
-    add_runtime_options(p)
+    add_runtime_options(p, bf16=True)
     add_lm_options(p)
     p.set_defaults(func=_run_decode)
 
@@ -59,9 +59,18 @@ def _model_and_cuts(args):
 
     if args.arpa is not None and args.lexicon is None:
         raise UsageError("--arpa needs --lexicon (the words the search may write)")
+    import torch
+
+    from imputer_asr.model.precision import bf16_inference
+
     resolve_runtime(args)
     packaged = load_packaged_or_onnx(args.model)
     packaged.model.to(args.device)
+    if args.bf16:
+        try:
+            packaged.model = bf16_inference(packaged.model, torch.device(args.device))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     return packaged, load_cuts(args.cuts)
 
 
@@ -116,7 +125,7 @@ def _add_decode_imputer(sub) -> None:
         help="fix every frame more probable than THRESHOLD, stop when all are fixed",
     )
     p.add_argument("--block-size", type=int, default=None, help="B; default: the model's imputer config")
-    add_runtime_options(p)
+    add_runtime_options(p, bf16=True)
     add_lm_options(p)
     p.set_defaults(func=_run_decode_imputer)
 

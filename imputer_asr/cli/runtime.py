@@ -21,8 +21,9 @@ __all__ = ["add_runtime_options", "apply_runtime", "resolve_device"]
 DEVICES = ("auto", "cpu", "cuda")
 
 
-def add_runtime_options(parser: argparse.ArgumentParser, device: bool = True) -> None:
-    """Add ``--threads`` (and ``--device`` unless ``device`` is False) to a command's parser."""
+def add_runtime_options(parser: argparse.ArgumentParser, device: bool = True, bf16: bool = False) -> None:
+    """Add ``--threads`` (and ``--device`` unless ``device`` is False; ``--bf16`` when ``bf16``, for the
+    commands that decode with a model) to a command's parser."""
     if device:
         parser.add_argument(
             "--device", choices=DEVICES, default="auto", help="auto: cuda when torch sees a GPU, else cpu"
@@ -30,6 +31,13 @@ def add_runtime_options(parser: argparse.ArgumentParser, device: bool = True) ->
     parser.add_argument(
         "--threads", type=int, default=None, help="CPU threads of torch (default: torch's own, the cores)"
     )
+    if bf16:
+        parser.add_argument(
+            "--bf16",
+            action="store_true",
+            help="run the network under bfloat16 autocast (where the device has it in hardware: a GPU, "
+            "a CPU with AVX512-BF16 or AMX; else float32, with a warning)",
+        )
 
 
 def resolve_device(device: str) -> str:

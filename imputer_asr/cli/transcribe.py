@@ -68,7 +68,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         default=TranscribeOptions.overlap_seconds,
         help="overlap of consecutive windows",
     )
-    add_runtime_options(p)
+    add_runtime_options(p, bf16=True)
     add_lm_options(p)
     p.set_defaults(func=_run_transcribe)
 
@@ -93,6 +93,7 @@ def _run_transcribe(args) -> int:
             lexicon=args.lexicon,
             arpa=args.arpa,
             lm_weights=lm_weights,
+            bf16=args.bf16,
         )
         transcripts = transcriber.iter_transcripts(
             find_audio(args.audio), decoder=args.decoder, steps=args.steps, progress=None

@@ -32,8 +32,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from imputer_asr.config import TrainConfig
 from imputer_asr.model.conformer import ImputerModel
+from imputer_asr.model.precision import native_bf16
 
-__all__ = ["Parallel", "init_parallel", "ParallelObjective", "to_device", "native_bf16"]
+__all__ = ["Parallel", "init_parallel", "ParallelObjective", "to_device"]
 
 log = logging.getLogger(__name__)
 
@@ -128,14 +129,6 @@ class _ObjectiveModule(nn.Module):
 
     def forward(self, batch: dict) -> tuple[Tensor, int]:
         return self.objective(self.model, batch)
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` multiplies bfloat16 matrices in hardware: a GPU that supports it, or a CPU
-    with AVX512-BF16 or AMX. Elsewhere bfloat16 autocast is emulated and slower than float32."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def to_device(batch: dict, device: torch.device) -> dict:

@@ -38,6 +38,7 @@ from imputer_asr.decoding.ctc import greedy_alignment
 from imputer_asr.decoding.imputer import decode_imputer
 from imputer_asr.export import load_packaged_or_onnx
 from imputer_asr.model.conformer import MIN_INPUT_FRAMES, SUBSAMPLING
+from imputer_asr.model.precision import bf16_inference
 from imputer_asr.training.checkpoint import PackagedModel
 from imputer_asr.transcription.words import Word, alignment_words, stitch
 
@@ -126,6 +127,8 @@ class Transcriber:
         language_model: a lexicon-constrained beam search with a word LM
             (:class:`imputer_asr.decoding.lm_search.LexiconBeamSearch`), which enables the ``"lm"`` decoder
             and makes it the default.
+        bf16: run the network under bfloat16 autocast where the device has it in hardware
+            (:func:`imputer_asr.model.precision.bf16_inference`).
     """
 
     def __init__(
@@ -134,9 +137,12 @@ class Transcriber:
         device: str | torch.device = "cpu",
         options: TranscribeOptions | None = None,
         language_model: LexiconBeamSearch | None = None,
+        bf16: bool = False,
     ) -> None:
         self.device = _device(device)
         self.model = packaged.model.to(self.device).eval()
+        if bf16:
+            self.model = bf16_inference(self.model, self.device)
         self.tokenizer = packaged.tokenizer
         self.config = packaged.config
         self.trained_as = packaged.info.get("trained_as", "ctc")
@@ -382,11 +388,13 @@ def load_model(
     lexicon: str | os.PathLike | None = None,
     arpa: str | os.PathLike | None = None,
     lm_weights: LMWeights | None = None,
+    bf16: bool = False,
 ) -> Transcriber:
     """Load a packaged ``model.pt`` (weights-only), or its ONNX export (``imputer-asr export``, run by
     onnxruntime on the CPU), into a :class:`Transcriber`; with ``lexicon`` (and optionally an
     ``arpa`` word LM, from ``imputer-asr lm``) it decodes by lexicon-constrained beam search by
-    default (``lm_weights`` from ``imputer-asr tune-lm``).
+    default (``lm_weights`` from ``imputer-asr tune-lm``). ``bf16``: the network under bfloat16
+    autocast where the device has it (a PyTorch model only).
 
     Raises:
         ValueError: the file is missing, corrupt or not a packaged model or export; the device is
@@ -403,4 +411,4 @@ def load_model(
         )
     elif arpa is not None:
         raise ValueError("an ARPA language model needs a lexicon (the words the search may write)")
-    return Transcriber(packaged, device, options, language_model)
+    return Transcriber(packaged, device, options, language_model, bf16)
