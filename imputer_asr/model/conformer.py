@@ -135,7 +135,7 @@ class _RotarySelfAttention(nn.Module):
         q, k = _apply_rotary(q, *rotary), _apply_rotary(k, *rotary)
         if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
             # Attention stays in float32 under CPU autocast: flash attention's backward is 6x
-            # slower in bfloat16 than in float32 on CPU (torch 2.14, benchmarks/train_speed.py).
+            # slower in bfloat16 than in float32 on CPU (torch 2.14; torch.profiler over demo updates).
             with torch.autocast("cpu", enabled=False):
                 y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=attend)
         else:
