@@ -195,6 +195,16 @@ def test_corpus_rendering_killed_part_way_is_finished_by_the_rerun_as_a_clean_ru
     fault_tally(injected=1, resumed=1, checked=len(want))
 
 
+def _training_epoch(aligned_cuts: Path, tok) -> tuple[list[str], list[str]]:
+    """One training epoch's cut ids, and the unreadable cuts it named, over the aligned manifest."""
+    seen, named = [], []
+    cfg = DataConfig(max_duration=15.0, num_workers=0, num_buckets=3)
+    for batch in make_loader(load_cuts(aligned_cuts), tok, cfg, train=True, seed=0):
+        seen += batch["cut_ids"]
+        named += batch["unreadable"]
+    return seen, named
+
+
 def _feature_table(path: Path) -> dict[str, tuple[dict, np.ndarray]]:
     """cut id -> (the cut without its storage location, its feature matrix)."""
     table = {}
@@ -262,11 +272,7 @@ def test_an_unreadable_alignment_is_named_and_left_out_of_training(
     with pytest.raises(ValueError, match=rf"unreadable alignments: {victim.id} \({re.escape(where)}: "):
         list(eval_loader)
     # Training: every batch complete but for that cut, which is named with its file.
-    seen, named = [], []
-    cfg = DataConfig(max_duration=15.0, num_workers=0, num_buckets=3)
-    for batch in make_loader(load_cuts(aligned_cuts), tok, cfg, train=True, seed=0):
-        seen += batch["cut_ids"]
-        named += batch["unreadable"]
+    seen, named = _training_epoch(aligned_cuts, tok)
     assert sorted(seen) == sorted(c.id for c in load_cuts(aligned_cuts) if c.id != victim.id)
     assert len(named) == 1 and named[0].startswith(f"{victim.id} ({where}: ")
     fault_tally(injected=1, checked=3)
@@ -293,11 +299,7 @@ def test_an_unreadable_alignment_storage_is_named_before_and_during_training(
     eval_loader = make_loader(load_cuts(aligned_cuts), tok, DataConfig(max_duration=200.0), train=False)
     with pytest.raises(ValueError, match=rf"unreadable alignments: \S+ \({re.escape(str(storage))}, key "):
         list(eval_loader)
-    seen, named = [], []
-    cfg = DataConfig(max_duration=15.0, num_workers=0, num_buckets=3)
-    for batch in make_loader(load_cuts(aligned_cuts), tok, cfg, train=True, seed=0):
-        seen += batch["cut_ids"]
-        named += batch["unreadable"]
+    seen, named = _training_epoch(aligned_cuts, tok)
     assert seen == [] and sorted(m.split(" ", 1)[0] for m in named) == sorted(load_cuts(aligned_cuts).ids)
     assert all(m.split(" ", 1)[1].startswith(f"({storage}, key ") for m in named)
     fault_tally(injected=1, checked=3)
