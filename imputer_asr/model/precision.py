@@ -60,14 +60,10 @@ class Bf16Inference(nn.Module):
         with self._autocast():
             return self.model.impute(hidden, lengths, tokens)
 
-    def all_mask(self, hidden: Tensor) -> Tensor:
-        return self.model.all_mask(hidden)
-
-    def forward(
-        self, features: Tensor, feature_lengths: Tensor, tokens: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        with self._autocast():
-            return self.model(features, feature_lengths, tokens)
+    # What only composes the two halves is ImputerModel's own code, as for the ONNX model
+    # (imputer_asr.export.OnnxImputer): the wrapper cannot drift from the network it wraps.
+    all_mask = ImputerModel.all_mask
+    forward = ImputerModel.forward
 
 
 def bf16_inference(model: nn.Module, device: torch.device) -> nn.Module:
