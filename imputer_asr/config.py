@@ -64,6 +64,11 @@ class ModelConfig:
 
     ``utterance_cmn`` subtracts each utterance's mean feature vector before the global
     normalisation: a log-mel offset is a voice's or a channel's fixed spectral colour, not speech.
+
+    ``cepstral_lifter`` k > 0 keeps only the first k cepstral coefficients (orthonormal DCT-II) of
+    each frame's log-mel spectrum and maps them back to log-mel: the spectral envelope (formants)
+    stays, the ripple of the individual harmonics (how a synthesizer or a voice makes its pitch) goes.
+    0 keeps the spectrum as it is.
     """
 
     vocab_size: int = 0
@@ -82,6 +87,7 @@ class ModelConfig:
     interctc_weight: float = 0.3
     token_scale: float = 100.0
     utterance_cmn: bool = False
+    cepstral_lifter: int = 0
 
 
 @dataclass(frozen=True)

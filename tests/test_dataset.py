@@ -128,6 +128,12 @@ def test_feature_stats_of_a_lazy_manifest_equal_the_eager_ones(tiny_corpus):
     for cuts in (load_cuts(path), load_cuts(path).filter(_always)):  # the second has no len
         got = feature_stats(cuts, max_cuts=5)
         assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+
+    def double(feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return 2.0 * feats
+
+    mean, std = feature_stats(load_cuts(path), max_cuts=5, shape=double)  # of what the model is fed
+    torch.testing.assert_close((mean, std), (2.0 * want[0], 2.0 * want[1]))
     short = load_cuts(path).filter(_shorter_than_5_s)
     assert count_cuts(short) == sum(_shorter_than_5_s(c) for c in load_cuts(path))
 

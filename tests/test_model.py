@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from imputer_asr.config import ModelConfig
-from imputer_asr.model.conformer import ImputerModel, padding_mask, subsampled_lengths, utterance_means
+from imputer_asr.model.conformer import (
+    ImputerModel,
+    cepstral_smoother,
+    padding_mask,
+    subsampled_lengths,
+    utterance_means,
+)
 
 VOCAB = 9
 FEAT = 20
@@ -127,6 +134,38 @@ def test_utterance_cmn_ignores_a_fixed_spectral_colour_and_the_padding() -> None
             )
         off = _model(utterance_cmn=False).eval()
         assert (off(batch + colour, lengths)[0] - off(batch, lengths)[0]).abs().max() > 0.1
+
+
+def _cosines(dim: int, ks: range) -> np.ndarray:
+    """(dim, len(ks)) cosine basis of the DCT-II, unnormalised: column k is cos(pi k (n + 1/2) / dim)."""
+    n = np.arange(dim) + 0.5
+    return np.stack([np.cos(np.pi * k * n / dim) for k in ks], axis=1)
+
+
+@pytest.mark.parametrize("keep", [1, 7, FEAT])
+def test_cepstral_smoother_is_the_least_squares_fit_of_the_first_cosines(keep: int) -> None:
+    frames = np.random.default_rng(keep).normal(size=(6, FEAT))
+    basis = _cosines(FEAT, range(keep))
+    want = (basis @ np.linalg.lstsq(basis, frames.T, rcond=None)[0]).T
+    got = torch.from_numpy(frames).float() @ cepstral_smoother(FEAT, keep)
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-5)
+
+
+def test_cepstral_lifter_removes_harmonic_ripple_and_keeps_the_envelope() -> None:
+    utts, batch, lengths = _ragged_batch(seed=3)
+    keep = 6
+    envelope = torch.from_numpy(_cosines(FEAT, range(keep)) @ np.arange(1.0, keep + 1)).float()
+    ripple = 2.0 * torch.from_numpy(_cosines(FEAT, range(keep, FEAT)).sum(1)).float()  # fine structure only
+    on = _model(cepstral_lifter=keep).eval()
+    shaped = on.shape_features(envelope.expand(2, 5, FEAT) + ripple, torch.tensor([5, 5]))
+    torch.testing.assert_close(shaped, envelope.expand(2, 5, FEAT), atol=1e-5, rtol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(on(batch + ripple, lengths)[0], on(batch, lengths)[0], atol=1e-4, rtol=0)
+        off = _model(cepstral_lifter=0).eval()
+        assert (off(batch + ripple, lengths)[0] - off(batch, lengths)[0]).abs().max() > 0.1
+    assert "lifter" not in on.state_dict()  # rebuilt from the config: older checkpoints load
+    with pytest.raises(ValueError, match="cepstral_lifter"):
+        _model(cepstral_lifter=FEAT + 1)
 
 
 def test_padding_invariance_of_acoustic_states() -> None:

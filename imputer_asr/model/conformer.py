@@ -63,6 +63,16 @@ def utterance_means(features: Tensor, lengths: Tensor) -> Tensor:
     return (features * valid[..., None]).sum(1, keepdim=True) / lengths[:, None, None].to(features.dtype)
 
 
+def cepstral_smoother(dim: int, keep: int) -> Tensor:
+    """(dim, dim) projection of log-mel frames (rows) onto their first ``keep`` cepstral coefficients:
+    ``frames @ P`` is the orthonormal DCT-II of each frame, truncated to ``keep`` terms and inverted."""
+    n = torch.arange(dim, dtype=torch.float64)
+    k = torch.arange(keep, dtype=torch.float64)[:, None]
+    dct = torch.cos(math.pi * k * (n + 0.5) / dim) * math.sqrt(2.0 / dim)  # (keep, dim), orthonormal rows
+    dct[0] /= math.sqrt(2.0)
+    return (dct.T @ dct).float()
+
+
 def padding_mask(lengths: Tensor, max_len: int) -> Tensor:
     """(N, max_len) bool, True at padded positions."""
     return torch.arange(max_len, device=lengths.device)[None, :] >= lengths[:, None]
@@ -243,11 +253,18 @@ class ImputerModel(nn.Module):
             )
         if not 0.0 <= cfg.interctc_weight < 1.0:
             raise ValueError(f"interctc_weight must be in [0, 1), got {cfg.interctc_weight}")
+        if not 0 <= cfg.cepstral_lifter <= cfg.input_dim:
+            raise ValueError(f"cepstral_lifter must be in [0, {cfg.input_dim}], got {cfg.cepstral_lifter}")
         self.cfg = cfg
         # Global feature normalisation (CMVN), set from training data by ``set_feature_stats``;
         # buffers, so they travel inside every checkpoint and packaged model.
         self.register_buffer("feature_mean", torch.zeros(cfg.input_dim))
         self.register_buffer("feature_std", torch.ones(cfg.input_dim))
+        # Rebuilt from the config, not stored: checkpoints from before the option still load
+        if cfg.cepstral_lifter:
+            self.register_buffer(
+                "lifter", cepstral_smoother(cfg.input_dim, cfg.cepstral_lifter), persistent=False
+            )
         self.subsampling = _ConvSubsampling(cfg.input_dim, cfg.subsampling_channels, cfg.d_model, cfg.dropout)
         self.align_embed = nn.Embedding(cfg.vocab_size + 1, cfg.d_model)
         nn.init.normal_(self.align_embed.weight, std=1.0 / math.sqrt(cfg.d_model))
@@ -275,12 +292,19 @@ class ImputerModel(nn.Module):
     def encode_acoustic(self, features: Tensor, feature_lengths: Tensor) -> tuple[Tensor, Tensor]:
         """Subsampling and the blocks below ``inject_layer``: (N, T, F) -> (N, T', d), lengths."""
         check_features(features, feature_lengths, self.cfg.input_dim)
-        if self.cfg.utterance_cmn:
-            features = features - utterance_means(features, feature_lengths)
-        features = (features - self.feature_mean) / self.feature_std
+        features = (self.shape_features(features, feature_lengths) - self.feature_mean) / self.feature_std
         x, lengths = self.subsampling(features, feature_lengths)
         bottom = self.blocks[: self.cfg.inject_layer]
         return self._run_blocks(x, lengths, bottom) if len(bottom) else x, lengths
+
+    def shape_features(self, features: Tensor, feature_lengths: Tensor) -> Tensor:
+        """What the model makes of raw fbank (N, T, F) before the global normalisation, whose
+        statistics are taken of this output: ``utterance_cmn``, then ``cepstral_lifter``."""
+        if self.cfg.utterance_cmn:
+            features = features - utterance_means(features, feature_lengths)
+        if self.cfg.cepstral_lifter:
+            features = features @ self.lifter
+        return features
 
     def alignment_input(self, tokens: Tensor) -> Tensor:
         """The vectors (N, T', d) that alignment tokens (N, T') add to the acoustic states."""

@@ -292,10 +292,13 @@ def validate(
     return {"loss": total / max(tokens, 1), "wer": report.wer, "cer": report.cer}
 
 
-def feature_stats(cuts: CutSet, max_cuts: int = 500, utterance_cmn: bool = False) -> tuple[Tensor, Tensor]:
+def feature_stats(
+    cuts: CutSet, max_cuts: int = 500, shape: Callable[[Tensor, Tensor], Tensor] | None = None
+) -> tuple[Tensor, Tensor]:
     """Mean and standard deviation per feature dimension over (up to) ``max_cuts`` cuts spread evenly
-    through ``cuts``; with ``utterance_cmn``, of each cut's features less their mean. Lazy cuts are
-    read as they are iterated (and counted first when they cannot say how many they are)."""
+    through ``cuts``; with ``shape`` (a model's ``shape_features``), of what it makes of each cut's
+    features. Lazy cuts are read as they are iterated (and counted first when they cannot say how
+    many they are)."""
     total, total_sq, frames = None, None, 0
     stride = max(1, count_cuts(cuts) // max_cuts)
     for i, cut in enumerate(cuts):
@@ -305,8 +308,8 @@ def feature_stats(cuts: CutSet, max_cuts: int = 500, utterance_cmn: bool = False
             feats = torch.from_numpy(cut.load_features()).double()
         except Exception:  # unreadable features: the training loader names the cut and leaves it out
             continue
-        if utterance_cmn:
-            feats = feats - feats.mean(0)
+        if shape is not None:
+            feats = shape(feats[None].float(), torch.tensor([feats.size(0)]))[0].double()
         total = feats.sum(0) if total is None else total + feats.sum(0)
         total_sq = (feats**2).sum(0) if total_sq is None else total_sq + (feats**2).sum(0)
         frames += feats.size(0)
@@ -390,7 +393,7 @@ def _build_model(
     if init_weights is not None:
         model.load_state_dict(init_weights)
     else:
-        model.set_feature_stats(*feature_stats(train_cuts, utterance_cmn=model.cfg.utterance_cmn))
+        model.set_feature_stats(*feature_stats(train_cuts, shape=model.shape_features))
     log.info("model: %.2fM parameters", model.num_parameters() / 1e6)
     return model.to(device)
 
