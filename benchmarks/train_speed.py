@@ -7,6 +7,11 @@ backward, gradient clipping, AdamW) of a config's model on batches of random fea
 memory, so data loading is not in the figure, in float32 and under the bfloat16 autocast of
 ``train.bf16``, the two alternating so that machine load hits them alike.
 
+A recipe's length-bucketed batches come in about 50 shapes, and oneDNN builds kernels for each. The
+second figure cycles bf16 updates through ``--shapes`` distinct batch shapes, once with oneDNN's
+default kernel cache and once with the one the command line keeps (``keep_cpu_kernels``), each in
+a process of its own (the cache's size is read once per process).
+
     python benchmarks/train_speed.py                                    # the demo CTC config
     python benchmarks/train_speed.py --config recipes/synth/conf/ctc-full.json --threads 2
 """
@@ -15,13 +20,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import statistics
+import subprocess
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
+from imputer_asr.cli.runtime import ONEDNN_CACHE_CAPACITY
 from imputer_asr.config import load_config
 from imputer_asr.model.conformer import ImputerModel
 from imputer_asr.training.loop import ctc_objective
@@ -40,6 +49,8 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10, help="timed updates per mode")
     parser.add_argument("--matmul-size", type=int, default=1536)
+    parser.add_argument("--shapes", type=int, default=64, help="distinct batch shapes of the cache figure")
+    parser.add_argument("--cycle-shapes", action="store_true", help=argparse.SUPPRESS)  # a child process
     return parser.parse_args()
 
 
@@ -79,20 +90,28 @@ def _batch(max_duration: float, seconds: tuple[float, float], vocab: int, genera
     }
 
 
-def main() -> None:
-    args = _parse_args()
-    torch.set_num_threads(args.threads)
-    cfg = load_config(args.config)
-    model_cfg = dataclasses.replace(cfg.model, vocab_size=args.vocab_size, mask_id=args.vocab_size)
-    generator = torch.Generator().manual_seed(0)
-    batches = [
-        _batch(cfg.data.max_duration, args.utterance_seconds, args.vocab_size, generator) for _ in range(4)
-    ]
-    audio = [float(b["feature_lengths"].sum()) / FRAMES_PER_SECOND for b in batches]
+def _shaped_batches(count: int, max_duration: float, vocab: int, generator: torch.Generator) -> list[dict]:
+    """``count`` batches of distinct shapes: lengths 2.2-9.6 s in the loader's 32-frame steps, as
+    many utterances as fill ``max_duration`` and fewer in each later round of lengths."""
+    batches = []
+    for i in range(count):
+        frames = 224 + 32 * (i % 24)
+        n = max(1, int(max_duration * FRAMES_PER_SECOND) // frames - i // 24)
+        target_lengths = torch.full((n,), frames * 12 // FRAMES_PER_SECOND)
+        batches.append(
+            {
+                "features": torch.randn(n, frames, 80, generator=generator),
+                "feature_lengths": torch.full((n,), frames),
+                "targets": torch.randint(1, vocab, (n, int(target_lengths[0])), generator=generator),
+                "target_lengths": target_lengths,
+            }
+        )
+    return batches
 
-    fp32_gflops = matmul_gflops(torch.float32, args.matmul_size)
-    bf16_gflops = matmul_gflops(torch.bfloat16, args.matmul_size)
 
+def _trainer(cfg, vocab: int):
+    """A fresh model and its ``update(batch, bf16)``: forward, CTC loss, backward, clipping, AdamW."""
+    model_cfg = dataclasses.replace(cfg.model, vocab_size=vocab, mask_id=vocab)
     torch.manual_seed(cfg.train.seed)
     model = ImputerModel(model_cfg).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
@@ -104,6 +123,64 @@ def main() -> None:
         (loss / tokens).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip, foreach=True)
         optimizer.step()
+
+    return model, update
+
+
+def _cycle_shapes(args: argparse.Namespace) -> None:
+    """Child process: bf16 updates through ``args.shapes`` shapes, a pass to build the kernels, then
+    the median of two timed passes; prints s of audio/s."""
+    cfg = load_config(args.config)
+    batches = _shaped_batches(
+        args.shapes, cfg.data.max_duration, args.vocab_size, torch.Generator().manual_seed(0)
+    )
+    _, update = _trainer(cfg, args.vocab_size)
+    audio = sum(float(b["feature_lengths"].sum()) for b in batches) / FRAMES_PER_SECOND
+    rates = []
+    for _ in range(3):
+        start = time.perf_counter()
+        for batch in batches:
+            update(batch, True)
+        rates.append(audio / (time.perf_counter() - start))
+    print(statistics.median(rates[1:]))
+
+
+def _cache_rate(args: argparse.Namespace, capacity: int | None) -> float:
+    """:func:`_cycle_shapes` in a child process, oneDNN's kernel cache at ``capacity`` (None: default)."""
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    if capacity is not None:
+        env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = str(capacity)
+    command = [sys.executable, __file__, "--cycle-shapes", "--config", str(args.config)]
+    command += [
+        "--threads",
+        str(args.threads),
+        "--shapes",
+        str(args.shapes),
+        "--vocab-size",
+        str(args.vocab_size),
+    ]
+    return float(
+        subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout.split()[-1]
+    )
+
+
+def main() -> None:
+    args = _parse_args()
+    torch.set_num_threads(args.threads)
+    if args.cycle_shapes:
+        _cycle_shapes(args)
+        return
+    os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = str(ONEDNN_CACHE_CAPACITY)  # as the command line runs
+    cfg = load_config(args.config)
+    generator = torch.Generator().manual_seed(0)
+    batches = [
+        _batch(cfg.data.max_duration, args.utterance_seconds, args.vocab_size, generator) for _ in range(4)
+    ]
+    audio = [float(b["feature_lengths"].sum()) / FRAMES_PER_SECOND for b in batches]
+
+    fp32_gflops = matmul_gflops(torch.float32, args.matmul_size)
+    bf16_gflops = matmul_gflops(torch.bfloat16, args.matmul_size)
+    model, update = _trainer(cfg, args.vocab_size)
 
     modes = {"fp32": False, "bf16": True}
     rates: dict[str, list[float]] = {name: [] for name in modes}
@@ -129,6 +206,11 @@ def main() -> None:
             f"train {name}: {rate:6.1f} s of audio/s   / fp32 GFLOPS = {rate / fp32_gflops:.2f}   "
             f"(x{rate / fp32_rate:.2f} fp32)"
         )
+    default, kept = _cache_rate(args, None), _cache_rate(args, ONEDNN_CACHE_CAPACITY)
+    print(
+        f"train bf16 over {args.shapes} batch shapes: oneDNN's default kernel cache {default:6.1f} s of "
+        f"audio/s, {ONEDNN_CACHE_CAPACITY} kernels {kept:6.1f} (x{kept / default:.2f})"
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import ast
 import importlib
 import inspect
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -411,3 +412,20 @@ def test_verbose_given_after_the_command_turns_on_debug_logging(tmp_path, monkey
     finally:
         logging.root.handlers.clear()
         logging.root.setLevel(level)
+
+
+def test_every_command_keeps_the_kernels_of_many_batch_shapes_unless_the_user_set_the_cache(
+    tmp_path, monkeypatch
+):
+    """main() sizes oneDNN's kernel cache before a command runs (a default cache rebuilt kernels at
+    every update of a bucketed training run); a capacity in the environment is the user's and stays."""
+    from imputer_asr.cli import main
+    from imputer_asr.cli.runtime import ONEDNN_CACHE_CAPACITY
+
+    score = ["score", "--hyps", str(tmp_path / "none.jsonl"), "--out-dir", str(tmp_path), "--name", "n"]
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    assert main(score) == 1
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == str(ONEDNN_CACHE_CAPACITY) != "1024"
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "77")
+    assert main(score) == 1
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "77"

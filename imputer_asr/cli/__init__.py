@@ -20,6 +20,7 @@ import sys
 
 from imputer_asr.cli import data, decode, evaluate, export, lm, train, transcribe
 from imputer_asr.cli.common import UsageError
+from imputer_asr.cli.runtime import keep_cpu_kernels
 
 __all__ = ["USER_COMMANDS", "build_parser", "main"]
 
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    keep_cpu_kernels()
     try:
         return args.func(args) or 0
     except UsageError as exc:
