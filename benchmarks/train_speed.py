@@ -25,13 +25,14 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
 from imputer_asr.cli.runtime import ONEDNN_CACHE_CAPACITY
-from imputer_asr.config import load_config
+from imputer_asr.config import ExperimentConfig, load_config
 from imputer_asr.model.conformer import ImputerModel
 from imputer_asr.training.loop import ctc_objective
 
@@ -109,7 +110,7 @@ def _shaped_batches(count: int, max_duration: float, vocab: int, generator: torc
     return batches
 
 
-def _trainer(cfg, vocab: int):
+def _trainer(cfg: ExperimentConfig, vocab: int) -> tuple[ImputerModel, Callable[[dict, bool], None]]:
     """A fresh model and its ``update(batch, bf16)``: forward, CTC loss, backward, clipping, AdamW."""
     model_cfg = dataclasses.replace(cfg.model, vocab_size=vocab, mask_id=vocab)
     torch.manual_seed(cfg.train.seed)
