@@ -2,8 +2,9 @@
 # One lever of the cross-engine protocol: the demo CTC (conf/ctc.json, 15 min) trained on espeak-ng
 # and flite only, scored on dev, test and dev-festival (an engine it never heard), greedy and with
 # the recipe's word LM (weights tuned on dev). Needs the corpus, manifests, lang and dev/test
-# features of `make -C recipes/synth fbank HELDOUT=festival` (data/synth/demo-xfestival). The runs in
-# RESULTS.md used the corpus of commit 21629ac, whose draw gave flite 5 of 240 speakers.
+# features of `make -C recipes/synth fbank HELDOUT=festival` (data/synth/demo-xfestival). The effects-*
+# runs in RESULTS.md used the corpus of commit 21629ac, whose draw gave flite 5 of 240 speakers;
+# warp-noise today's (v2).
 #
 #   run.sh NAME 'EFFECTS' [--set section.field=value ...]
 #   run.sh effects-all 'warp eq reverb noise telephone codec gain'
