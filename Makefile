@@ -7,8 +7,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 SYSTEM_TOOLS := espeak-ng flite text2wave sox
-FESTIVAL_VOICES := kal_diphone ked_diphone cmu_us_slt_arctic_hts
-APT_PACKAGES := espeak-ng flite sox fortunes festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
+# festival's English voices, then its voices of other languages that read English with an accent
+FESTIVAL_VOICES := kal_diphone ked_diphone cmu_us_slt_arctic_hts lp_diphone pc_diphone suo_fi_lj_diphone \
+  hy_fi_mv_diphone czech_dita czech_krb czech_machac czech_ph
+APT_PACKAGES := espeak-ng flite sox fortunes festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts \
+  festvox-italp16k festvox-itapc16k festvox-suopuhe-lj festvox-suopuhe-mv festvox-czech-dita festvox-czech-krb \
+  festvox-czech-machac festvox-czech-ph
 
 .PHONY: install system-deps demo test test-all lint format bench help
 
@@ -33,7 +37,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-system-deps: ## espeak-ng, flite, festival and its English voices, sox and fortunes for the synthetic corpus
+system-deps: ## espeak-ng, flite, festival and its English and accented voices, sox and fortunes for the synthetic corpus
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	for v in $(FESTIVAL_VOICES); do compgen -G "/usr/share/festival/voices/*/$$v" >/dev/null || missing="$$missing $$v"; done; \
 	test -d /usr/share/games/fortunes || missing="$$missing fortunes"; \

@@ -228,6 +228,13 @@ def test_speaker_commands() -> None:
     assert festival.stdin("hi.") == b"hi." and espeak.stdin("hi.") is None
     assert festival.sox_effects() == ["tempo", "-s", "1.1", "pitch", "-250"]
     assert Speaker(105, "festival", "ked_diphone", None, 1, 0).sox_effects() == []
+    accented = Speaker(106, "accented", "czech_dita", None, 1.25, 1200)
+    command = accented.command('say "hi" \\ there.', Path("d.wav"))
+    assert command[:3] == ["festival", "--batch", str(voices_module.ACCENTED_SCHEME)]
+    # the Czech phones; the F0 an octave above the voice's register (1.8 x 2); durations / 1.25
+    say = '(accented_say "say  hi    there." "czech_dita" accented_czech 3.6000 0.8000 "d.wav")'
+    assert command[3:] == [say]
+    assert accented.stdin("hi.") is None and accented.sox_effects() == []
     with pytest.raises(ValueError, match="unknown engine"):
         Speaker(104, "pico", "x", None, 1, 1).command("hi.", Path("c.wav"))
 
@@ -243,15 +250,22 @@ def test_missing_tools_fail_fast(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 @needs_tools
 def test_sample_speakers_share_engines_by_weight_and_are_distinct() -> None:
     timbres = list_timbres()
-    assert {t.engine for t in timbres} == {"espeak-ng", "festival", "flite"}
+    assert {t.engine for t in timbres} == {"accented", "espeak-ng", "festival", "flite"}
     assert not any(t.voice.startswith("mb-") or "mbrola" in t.voice or t.voice == "awb_time" for t in timbres)
     speakers = sample_speakers(50, seed=3)
     assert speakers == sample_speakers(50, seed=3)
     assert speakers != sample_speakers(50, seed=4)
     assert [s.speaker_id for s in speakers] == list(range(100, 150))
-    # weights 2:1:1 of 50 speakers: 25, 12.5, 12.5 -> 25, 13, 12 (largest remainders, ties by name)
+    # weights 1:2:1:1 of 50 speakers: 10, 20, 10, 10
     counts = Counter(s.engine for s in speakers)
-    assert counts == {"espeak-ng": 25, "festival": 13, "flite": 12}
+    assert counts == {"accented": 10, "espeak-ng": 20, "festival": 10, "flite": 10}
+    # of 52: 10.4, 20.8, 10.4, 10.4 -> 52 - 50 = 2 extra to the largest remainders (ties by name)
+    assert Counter(s.engine for s in sample_speakers(52, seed=3)) == {
+        "accented": 11,
+        "espeak-ng": 21,
+        "festival": 10,
+        "flite": 10,
+    }
     for engine, count in counts.items():
         voices = Counter(s.timbre for s in speakers if s.engine == engine)
         available = sum(t.engine == engine for t in timbres)
@@ -307,6 +321,9 @@ def test_a_heldout_engine_part_leaves_the_other_parts_unchanged() -> None:
         Speaker(4, "flite", "rms", None, 0.9, 130),
         Speaker(5, "festival", "kal_diphone", None, 1.2, -200),
         Speaker(6, "festival", "cmu_us_slt_arctic_hts", None, 0.85, 150),
+        Speaker(7, "accented", "lp_diphone", None, 1.2, -100),
+        Speaker(8, "accented", "czech_krb", None, 0.9, 250),
+        Speaker(9, "accented", "hy_fi_mv_diphone", None, 1.0, 0),
     ],
 )
 def test_synthesize_writes_16k_mono_flac(speaker: Speaker, tmp_path: Path) -> None:
@@ -316,6 +333,51 @@ def test_synthesize_writes_16k_mono_flac(speaker: Speaker, tmp_path: Path) -> No
     assert (info.samplerate, info.channels, info.subtype, info.format) == (16000, 1, "PCM_16", "FLAC")
     assert 0.5 < info.duration < 5
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.flac"]
+
+
+def _festival_phones(voice: str) -> set[str]:
+    """The phone set festival uses with ``voice``."""
+    listing = voices_module._run(
+        ["festival", "--pipe"],
+        stdin=f"(voice_{voice}) (print (mapcar car (cadr (assoc 'phones (PhoneSet.description '(phones))))))",
+    )
+    return set(listing.strip().splitlines()[-1].strip("()").split())
+
+
+@needs_tools
+def test_accented_phone_maps_cover_english_and_speak_the_voices_phones() -> None:
+    scheme = voices_module.ACCENTED_SCHEME.read_text()
+    english = _festival_phones("kal_diphone")
+    for table in sorted({table for table, _ in voices_module.ACCENTED_VOICES.values()}):
+        body = re.search(rf"\(set! {table}\s+'\((.*?)\)\)\n", scheme, re.S)
+        assert body, table
+        pairs = dict(re.findall(r'\((\S+) "([^"]+)"\)', body.group(1)))
+        assert set(pairs) == english, table  # every English phone, nothing else
+        for voice, (voice_table, _) in voices_module.ACCENTED_VOICES.items():
+            if voice_table == table:
+                targets = {phone for phones in pairs.values() for phone in phones.split()}
+                assert targets <= _festival_phones(voice), (voice, targets - _festival_phones(voice))
+
+
+@needs_tools
+def test_accented_speech_is_english_to_a_recogniser_of_people(tmp_path: Path) -> None:
+    """pocketsphinx, trained on human speech, gets most words of accented sentences right."""
+    import jiwer
+    from pocketsphinx import Decoder
+
+    from imputer_asr.evaluation.peer import normalize_pocketsphinx, recognize_pcm16
+
+    text = "I have never seen such a beautiful house."
+    decoder = Decoder(samprate=16000, loglevel="FATAL")
+    errors = {}
+    for voice in ("lp_diphone", "hy_fi_mv_diphone", "czech_machac"):
+        flac = tmp_path / f"{voice}.flac"
+        synthesize(Speaker(1, "accented", voice, None, 1.0, 0), text, flac)
+        samples, _ = sf.read(str(flac), dtype="int16")
+        heard = normalize_pocketsphinx(recognize_pcm16(decoder, samples.tobytes()))
+        errors[voice] = jiwer.wer("I HAVE NEVER SEEN SUCH A BEAUTIFUL HOUSE", heard or "<nothing>")
+    # Seen: 0.625, 0.5 and 0; a broken phone map (silence, or the wrong phones) reads near 1
+    assert max(errors.values()) < 0.8 and sum(errors.values()) / len(errors) < 0.5, errors
 
 
 # --- rendering ----------------------------------------------------------------------------------

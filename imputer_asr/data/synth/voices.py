@@ -1,6 +1,6 @@
 """Synthetic speakers: one fixed engine + voice + variant + speaking rate + pitch.
 
-Three engines are used, each discovered at run time:
+Four engines are used, each discovered at run time:
 
 - ``espeak-ng``: every installed English voice that needs no MBROLA (``en-us``, ``en-gb``,
   ``en-gb-scotland``, ``en-gb-x-rp``, ``en-029``, ``en-us-nyc``, ...) crossed with every voice
@@ -15,6 +15,13 @@ Three engines are used, each discovered at run time:
   ``Duration_Stretch``, so both prosody knobs are sox effects after synthesis: ``rate`` is the
   ``tempo`` factor and ``pitch`` a shift in cents (``pitch``). Voices built on MBROLA are never
   used: MBROLA is kept for evaluation only.
+- ``accented``: festival's voices of other languages reading English (``accented.scm``):
+  festival's English front end gives the phones, durations and F0 targets, each phone becomes
+  the nearest phone(s) of the voice's language (Italian ``lp``/``pc``, Finnish ``lj``/``mv``,
+  Czech ``dita``/``krb``/``machac``/``ph``), and the voice's own diphones speak them. English
+  with an accent, from recordings of eight more people (three of them women or a child).
+  ``rate`` is a tempo factor (durations divided by it), ``pitch`` a shift in cents of the F0
+  targets from the voice's register; both applied inside festival, so the formants stay.
 
 The espeak-ng variant ``fast`` is left out: it is a developer setting of the synthesiser
 ("unstable", says its file), not a voice. Whispered and robotic variants are kept: they are
@@ -55,10 +62,14 @@ __all__ = [
     "sample_speakers",
 ]
 
-ENGINES = ("espeak-ng", "festival", "flite")
-# Shares of the speakers: espeak-ng's own variety (hundreds of voice x variant timbres) is half.
-ENGINE_WEIGHTS = {"espeak-ng": 2.0, "flite": 1.0, "festival": 1.0}
-FESTIVAL_PACKAGES = "festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts"
+ENGINES = ("accented", "espeak-ng", "festival", "flite")
+# Shares of the speakers: espeak-ng's own variety (hundreds of voice x variant timbres) is the largest.
+ENGINE_WEIGHTS = {"accented": 1.0, "espeak-ng": 2.0, "flite": 1.0, "festival": 1.0}
+FESTIVAL_PACKAGES = (
+    "festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts festvox-italp16k festvox-itapc16k "
+    "festvox-suopuhe-lj festvox-suopuhe-mv festvox-czech-dita festvox-czech-krb festvox-czech-machac "
+    "festvox-czech-ph"
+)
 INSTALL_HINT = (
     "install espeak-ng, flite, festival and sox: "
     f"apt-get install -y espeak-ng flite sox fortunes {FESTIVAL_PACKAGES}"
@@ -73,6 +84,21 @@ FLITE_F0_HZ = {"slt": (150, 230)}
 FLITE_MALE_F0_HZ = (80, 145)
 FESTIVAL_TEMPO = (0.8, 1.25)
 FESTIVAL_PITCH_CENTS = (-400, 400)
+ACCENTED_TEMPO = (0.8, 1.25)
+ACCENTED_PITCH_CENTS = (-300, 300)
+# Foreign festival voice -> (its phone map in accented.scm, F0 factor from the English front end's
+# male register to the voice's own: women 1.8, the Czech child 2.2).
+ACCENTED_VOICES = {
+    "lp_diphone": ("accented_italian", 1.8),
+    "pc_diphone": ("accented_italian", 1.0),
+    "suo_fi_lj_diphone": ("accented_finnish", 1.8),
+    "hy_fi_mv_diphone": ("accented_finnish", 1.0),
+    "czech_dita": ("accented_czech", 1.8),
+    "czech_krb": ("accented_czech", 2.2),
+    "czech_machac": ("accented_czech", 1.0),
+    "czech_ph": ("accented_czech", 1.0),
+}
+ACCENTED_SCHEME = Path(__file__).with_name("accented.scm")
 # Festival voices are named by their database, not their language; these are the English ones.
 _FESTIVAL_ENGLISH = re.compile(r"^((kal|ked|rab|don)_diphone|cmu_(us|uk)_\w+)$")
 # flite voices whose F0 is fixed at this value whatever int_f0_target_mean says.
@@ -127,6 +153,15 @@ class Speaker:
             ]
         if self.engine == "festival":
             return ["text2wave", "-eval", f"(voice_{self.voice})", "-o", str(wav_path)]
+        if self.engine == "accented":
+            table, register = ACCENTED_VOICES[self.voice]
+            f0_scale = register * 2 ** (self.pitch / 1200)
+            quoted = text.replace("\\", " ").replace('"', " ")  # a Scheme string literal
+            say = (
+                f'(accented_say "{quoted}" "{self.voice}" {table} {f0_scale:.4f} {1 / self.rate:.4f} '
+                f'"{wav_path}")'
+            )
+            return ["festival", "--batch", str(ACCENTED_SCHEME), say]
         raise ValueError(f"unknown engine {self.engine!r}; expected one of {', '.join(ENGINES)}")
 
     def stdin(self, text: str) -> bytes | None:
@@ -205,19 +240,29 @@ def _flite_timbres() -> list[Timbre]:
     return [Timbre("flite", voice) for voice in voices]
 
 
+def _festival_voices() -> set[str]:
+    return set(_run(["festival", "--pipe"], stdin="(print (voice.list))").strip().strip("()").split())
+
+
 def _festival_timbres() -> list[Timbre]:
-    listing = _run(["festival", "--pipe"], stdin="(print (voice.list))").strip().strip("()").split()
-    voices = sorted(v for v in set(listing) if _FESTIVAL_ENGLISH.match(v) and "mbrola" not in v)
+    voices = sorted(v for v in _festival_voices() if _FESTIVAL_ENGLISH.match(v) and "mbrola" not in v)
     if not voices:
         raise RuntimeError(f"festival lists no English voice; {INSTALL_HINT}")
     return [Timbre("festival", voice) for voice in voices]
+
+
+def _accented_timbres() -> list[Timbre]:
+    voices = sorted(_festival_voices() & set(ACCENTED_VOICES))
+    if not voices:
+        raise RuntimeError(f"festival lists none of the voices of other languages; {INSTALL_HINT}")
+    return [Timbre("accented", voice) for voice in voices]
 
 
 @functools.lru_cache(maxsize=1)
 def list_timbres() -> tuple[Timbre, ...]:
     """Every installed timbre, sorted; raises RuntimeError when a tool or a voice is missing."""
     require_tools()
-    timbres = _espeak_timbres() + _flite_timbres() + _festival_timbres()
+    timbres = _espeak_timbres() + _flite_timbres() + _festival_timbres() + _accented_timbres()
     return tuple(sorted(timbres, key=lambda t: (t.engine, t.voice, t.variant or "")))
 
 
@@ -235,7 +280,7 @@ def _draw_timbres(timbres: tuple[Timbre, ...], n: int, rng: random.Random) -> li
     """``n`` timbres, each engine's count in proportion to ``ENGINE_WEIGHTS``, in random order.
 
     Within an engine every timbre comes once, in random order, before any comes twice, so
-    flite's 5 and festival's 3 voices return with other rates and pitches while espeak-ng's
+    flite's 5, festival's 3 and the 8 accented voices return with other rates and pitches while espeak-ng's
     hundreds stay distinct.
     """
     by_engine: dict[str, list[Timbre]] = {}
@@ -258,6 +303,8 @@ def _draw_prosody(timbre: Timbre, rng: random.Random) -> tuple[int | float, int 
         return rng.randint(*ESPEAK_RATE_WPM), rng.randint(*ESPEAK_PITCH)
     if timbre.engine == "festival":
         return round(rng.uniform(*FESTIVAL_TEMPO), 2), rng.randint(*FESTIVAL_PITCH_CENTS)
+    if timbre.engine == "accented":
+        return round(rng.uniform(*ACCENTED_TEMPO), 2), rng.randint(*ACCENTED_PITCH_CENTS)
     speed = round(rng.uniform(*FLITE_SPEED), 2)
     return speed, rng.randint(*FLITE_F0_HZ.get(timbre.voice, FLITE_MALE_F0_HZ))
 
