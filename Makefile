@@ -8,6 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SYSTEM_TOOLS := espeak-ng flite text2wave sox
 # festival's English voices, then its voices of other languages that read English with an accent
+# (the optional engine 'accented' of imputer_asr/data/synth/voices.py)
 FESTIVAL_VOICES := kal_diphone ked_diphone cmu_us_slt_arctic_hts lp_diphone pc_diphone suo_fi_lj_diphone \
   hy_fi_mv_diphone czech_dita czech_krb czech_machac czech_ph
 APT_PACKAGES := espeak-ng flite sox fortunes festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts \
