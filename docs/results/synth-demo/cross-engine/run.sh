@@ -8,13 +8,14 @@
 #
 #   run.sh NAME 'EFFECTS' [--set section.field=value ...]
 #   run.sh effects-all 'warp eq reverb noise telephone codec gain'
+#   X=data/synth/demo-xfestival-no-shared run.sh no-shared-warp-noise 'warp noise'   # another corpus
 set -eo pipefail
 ROOT=$(cd "$(dirname "$0")/../../../.." && pwd)
 NAME=$1
 EFFECTS=$2
 shift 2
 cd "$ROOT"
-X=data/synth/demo-xfestival
+X=${X:-data/synth/demo-xfestival}
 F=$X/fbank-$NAME
 E=recipes/synth/exp-xfestival-$NAME/ctc
 A=.venv/bin/imputer-asr
