@@ -1,15 +1,32 @@
-"""WER per voice of a hyps file, from the corpus's speakers.tsv (speaker id = first field of cut id)."""
-import csv, json, sys
+"""WER of a hypotheses file per voice (or per engine), scored as `imputer-asr score` scores it.
+
+    per_voice.py HYPS.jsonl SPEAKERS.tsv [engine]
+
+A cut's speaker is the first field of its id; SPEAKERS.tsv is the corpus's speakers.tsv.
+"""
+
+import csv
+import json
+import sys
 from collections import defaultdict
-import jiwer
-hyps, speakers = sys.argv[1], sys.argv[2]
-by_engine = len(sys.argv) > 3
-voice = {r["speaker_id"]: (r["engine"] if by_engine else f"{r['engine']}/{r['voice']}") for r in csv.DictReader(open(speakers), delimiter="\t")}
-refs, outs = defaultdict(list), defaultdict(list)
-for line in open(hyps):
-    r = json.loads(line); v = voice[r["cut_id"].split("-")[0]]
-    refs[v].append(r["ref"]); outs[v].append(r["hyp"] or "")
-for v in sorted(refs):
-    m = jiwer.process_words(refs[v], outs[v])
-    n = sum(len(x.split()) for x in refs[v])
-    print(f"{v:40s} {len(refs[v]):4d} utts {n:5d} words  WER {100*m.wer:6.2f}")
+
+from imputer_asr.evaluation.scoring import score
+
+
+def main(hyps: str, speakers: str, by_engine: bool) -> None:
+    with open(speakers) as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    group = {r["speaker_id"]: r["engine"] if by_engine else f"{r['engine']}/{r['voice']}" for r in rows}
+    triples = defaultdict(list)
+    with open(hyps) as f:
+        for line in f:
+            r = json.loads(line)
+            triples[group[r["cut_id"].split("-")[0]]].append((r["cut_id"], r["ref"], r["hyp"] or ""))
+    for name, utts in sorted(triples.items()):
+        report = score(utts)
+        words = report.words.ref_words
+        print(f"{name:40s} {len(utts):4d} utts {words:5d} words  WER {100 * report.wer:6.2f}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], by_engine=len(sys.argv) > 3)
