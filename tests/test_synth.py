@@ -33,7 +33,7 @@ from imputer_asr.data.synth.voices import INSTALL_HINT, Timbre
 
 HAVE_TOOLS = not voices_module.missing_tools()
 needs_tools = pytest.mark.skipif(not HAVE_TOOLS, reason=INSTALL_HINT)
-HAVE_ACCENTED = HAVE_TOOLS and bool(voices_module._accented_timbres())
+HAVE_ACCENTED = HAVE_TOOLS and any(t.engine == "accented" for t in list_timbres())
 needs_accented = pytest.mark.skipif(
     not HAVE_ACCENTED, reason=f"apt-get install -y {voices_module.ACCENTED_PACKAGES}"
 )

@@ -249,23 +249,24 @@ def _festival_voices() -> set[str]:
     return set(_run(["festival", "--pipe"], stdin="(print (voice.list))").strip().strip("()").split())
 
 
-def _festival_timbres() -> list[Timbre]:
-    voices = sorted(v for v in _festival_voices() if _FESTIVAL_ENGLISH.match(v) and "mbrola" not in v)
+def _festival_timbres(installed: set[str]) -> list[Timbre]:
+    voices = sorted(v for v in installed if _FESTIVAL_ENGLISH.match(v) and "mbrola" not in v)
     if not voices:
         raise RuntimeError(f"festival lists no English voice; {INSTALL_HINT}")
     return [Timbre("festival", voice) for voice in voices]
 
 
-def _accented_timbres() -> list[Timbre]:
+def _accented_timbres(installed: set[str]) -> list[Timbre]:
     """The accented voices installed, if any: the engine is optional (see ``DEFAULT_ENGINES``)."""
-    return [Timbre("accented", voice) for voice in sorted(_festival_voices() & set(ACCENTED_VOICES))]
+    return [Timbre("accented", voice) for voice in sorted(installed & set(ACCENTED_VOICES))]
 
 
 @functools.lru_cache(maxsize=1)
 def list_timbres() -> tuple[Timbre, ...]:
     """Every installed timbre, sorted; raises RuntimeError when a tool or an English voice is missing."""
     require_tools()
-    timbres = _espeak_timbres() + _flite_timbres() + _festival_timbres() + _accented_timbres()
+    festival = _festival_voices()  # one listing serves festival's English voices and the accented ones
+    timbres = _espeak_timbres() + _flite_timbres() + _festival_timbres(festival) + _accented_timbres(festival)
     return tuple(sorted(timbres, key=lambda t: (t.engine, t.voice, t.variant or "")))
 
 
