@@ -23,10 +23,9 @@ session K times. :func:`load_packaged_or_onnx` takes either kind of file, told a
 
 The exporter is torch's TorchScript-based one (``torch.onnx.export(..., dynamo=False)``): the
 ``torch.export``-based exporter stops at the input checks of ``encode_acoustic``, which branch on
-the values of ``feature_lengths``. The NaN guards it puts after each attention's softmax are taken
-out of the graph (:func:`_drop_nan_guards`). On the demo's 6-block model and 2 idle cores
-(``benchmarks/onnx_speed.py``, 300 test utterances) int8 decodes 1.1-1.4x as fast as PyTorch and
-float32 0.9-1.1x; on cores busy with other work onnxruntime suffers far less than PyTorch.
+the values of ``feature_lengths``. Each block's attention is traced as onnxruntime's fused
+``com.microsoft`` operators (RotaryEmbedding, MultiHeadAttention; :class:`_FusedAttention`), so the
+file runs on onnxruntime, which is the backend here, and not on runtimes without those operators.
 
 >>> from imputer_asr.export import export_onnx, load_packaged_or_onnx  # doctest: +SKIP
 >>> export_onnx(load_packaged_or_onnx("exp/ctc/model.pt"), "model.onnx", int8=True)  # doctest: +SKIP
@@ -37,6 +36,7 @@ float32 0.9-1.1x; on cores busy with other work onnxruntime suffers far less tha
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import logging
 import os
@@ -49,12 +49,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from imputer_asr.config import ExperimentConfig, ModelConfig, config_from_dict, config_to_dict
 from imputer_asr.data.tokenizer import Tokenizer
 from imputer_asr.files import write_bytes_atomic
-from imputer_asr.model.conformer import ImputerModel, check_features, padding_mask
+from imputer_asr.model.conformer import ImputerModel, _apply_rotary, check_features, padding_mask
 from imputer_asr.training.checkpoint import PackagedModel, load_packaged
 
 __all__ = [
@@ -116,10 +117,8 @@ def _example_batch(cfg: ModelConfig, seed: int = 0) -> tuple[Tensor, Tensor]:
 
 
 def _trace_to_onnx(model: ImputerModel, path: Path) -> None:
-    """The float32 graph of both halves, with dynamic batch and time axes, at ``path``."""
-    import onnx
-    from onnx.utils import Extractor
-
+    """The float32 graph of both halves, with dynamic batch and time axes, at ``path``; the
+    attention of every block is onnxruntime's fused operators (:class:`_FusedAttention`)."""
     features, feature_lengths = _example_batch(model.cfg)
     with torch.no_grad():
         hidden, hidden_lengths = model.encode_acoustic(features, feature_lengths)
@@ -140,53 +139,89 @@ def _trace_to_onnx(model: ImputerModel, path: Path) -> None:
         # being the older of torch's two; both are expected here.
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            _BothHalves(model).eval(),  # eval: the exporter restores the mode of the module it is given
+            # eval: the exporter restores the mode of the module it is given
+            _BothHalves(_with_fused_attention(model)).eval(),
             (features, feature_lengths, hidden, hidden_lengths, tokens),
             str(path),
             dynamo=False,
             opset_version=OPSET,
+            custom_opsets={"com.microsoft": 1},
             input_names=_ENCODER_INPUTS + _IMPUTER_INPUTS,
             output_names=_ENCODER_OUTPUTS + _IMPUTER_OUTPUTS,
             dynamic_axes=dynamic_axes,
         )
-    proto = onnx.load(str(path))
-    if _drop_nan_guards(proto) != model.cfg.num_layers:
-        raise RuntimeError("expected one NaN guard after the attention of each block")
-    # Extracting the whole graph drops what the guards left unused (their constants).
-    inputs, outputs = _ENCODER_INPUTS + _IMPUTER_INPUTS, _ENCODER_OUTPUTS + _IMPUTER_OUTPUTS
-    onnx.save(Extractor(proto).extract_model(inputs, outputs), str(path))
 
 
-def _drop_nan_guards(proto: Any) -> int:
-    """Remove the ``Where(IsNaN(p), 0, p)`` that torch's exporter puts after the softmax of every
-    attention with a boolean mask; returns how many it removed.
+class _RotaryEmbedding(torch.autograd.Function):
+    """The rotary position embedding of (N, T', d) queries or keys of ``num_heads`` heads, exported as
+    onnxruntime's ``com.microsoft.RotaryEmbedding``: interleaved pairs, as the model rotates them,
+    positions counted from 0, ``cos`` and ``sin`` the model's (T', d / num_heads / 2) tables."""
 
-    The guard zeroes the rows of a query whose keys are all masked. Keys are masked only past an
-    utterance's length and every utterance has at least one encoder frame, so no such row exists,
-    and the guard (two passes over every (N, heads, T', T') attention matrix) took a fifth of the
-    imputation's time on the demo's model.
-    """
-    nodes = list(proto.graph.node)
-    producers = {output: node for node in nodes for output in node.output}
-    consumers: dict[str, int] = {}
-    for node in nodes:
-        for name in node.input:
-            consumers[name] = consumers.get(name, 0) + 1
-    bypass: dict[str, str] = {}  # a guard's output -> the softmax output it guarded
-    removed = set()
-    for node in nodes:
-        test = producers.get(node.input[0]) if node.op_type == "Where" else None
-        if test is not None and test.op_type == "IsNaN" and test.input[0] == node.input[2]:
-            if consumers[test.output[0]] == 1:
-                bypass[node.output[0]] = node.input[2]
-                removed.update((id(node), id(test)))
-    if {value.name for value in proto.graph.output} & set(bypass):
-        raise RuntimeError("a NaN guard gives a graph output")
-    for node in nodes:
-        node.input[:] = [bypass.get(name, name) for name in node.input]
-    del proto.graph.node[:]
-    proto.graph.node.extend(node for node in nodes if id(node) not in removed)
-    return len(bypass)
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, cos: Tensor, sin: Tensor, num_heads: int) -> Tensor:
+        n, t, d = x.shape
+        heads = x.view(n, t, num_heads, -1).transpose(1, 2)
+        return _apply_rotary(heads, cos, sin).transpose(1, 2).reshape(n, t, d)
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, cos: Any, sin: Any, num_heads: int) -> Any:
+        start = g.op("Constant", value_t=torch.tensor([0], dtype=torch.int64))
+        rotary = "com.microsoft::RotaryEmbedding"
+        out = g.op(rotary, x, start, cos, sin, interleaved_i=1, num_heads_i=num_heads)
+        out.setType(x.type())
+        return out
+
+
+class _MultiHeadAttention(torch.autograd.Function):
+    """Scaled dot-product attention of (N, T', d) queries, keys and values in ``num_heads`` heads over
+    the keys where ``keep`` (N, T') int32 is 1, exported as onnxruntime's
+    ``com.microsoft.MultiHeadAttention`` (its default scale, 1 / sqrt(head size), is the model's)."""
+
+    @staticmethod
+    def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, keep: Tensor, num_heads: int) -> Tensor:
+        n, t, d = q.shape
+
+        def heads(x: Tensor) -> Tensor:
+            return x.view(n, t, num_heads, -1).transpose(1, 2)
+
+        attend = keep.bool()[:, None, None, :]
+        y = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=attend)
+        return y.transpose(1, 2).reshape(n, t, d)
+
+    @staticmethod
+    def symbolic(g: Any, q: Any, k: Any, v: Any, keep: Any, num_heads: int) -> Any:
+        no_bias = g.op("prim::Constant")  # an absent optional input (the bias is in q, k, v already)
+        no_bias.setType(torch._C.OptionalType.ofTensor())
+        out = g.op("com.microsoft::MultiHeadAttention", q, k, v, no_bias, keep, num_heads_i=num_heads)
+        out.setType(q.type())
+        return out
+
+
+class _FusedAttention(nn.Module):
+    """A block's self-attention, with its weights, as the traced graph should hold it: onnxruntime's
+    fused rotary embedding and multi-head attention in place of the ~40 transposes, slices, products
+    and softmaxes that the exporter makes of the rotary attention (and a NaN guard after each
+    softmax, two more passes over every attention matrix)."""
+
+    def __init__(self, attn: nn.Module) -> None:
+        super().__init__()
+        self.norm, self.qkv, self.out, self.num_heads = attn.norm, attn.qkv, attn.out, attn.num_heads
+
+    def forward(self, x: Tensor, attend: Tensor, rotary: tuple[Tensor, Tensor]) -> Tensor:
+        n, t, d = x.shape
+        q, k, v = self.qkv(self.norm(x)).split(d, dim=-1)
+        q = _RotaryEmbedding.apply(q, *rotary, self.num_heads)
+        k = _RotaryEmbedding.apply(k, *rotary, self.num_heads)
+        keep = attend.reshape(n, t).to(torch.int32)
+        return self.out(_MultiHeadAttention.apply(q, k, v, keep, self.num_heads))
+
+
+def _with_fused_attention(model: ImputerModel) -> ImputerModel:
+    """A copy of ``model`` whose blocks attend through :class:`_FusedAttention`, for tracing."""
+    fused = copy.deepcopy(model)
+    for block in fused.blocks:
+        block.attn = _FusedAttention(block.attn)
+    return fused
 
 
 def _quantize_int8(source: Path, out: Path) -> None:
