@@ -359,15 +359,18 @@ class OnnxImputer(nn.Module):
         encoded, lengths = self._encoder.run(_ENCODER_OUTPUTS, feeds)
         return _tensor(encoded, features.device), _tensor(lengths, features.device)
 
-    def impute(self, hidden: Tensor, lengths: Tensor, tokens: Tensor) -> Tensor:
-        """Acoustic states (N, T', d), lengths (N,), alignment tokens (N, T') -> log-probs (N, T', C)."""
+    def impute(self, hidden: Tensor, lengths: Tensor, tokens: Tensor, frames: Tensor | None = None) -> Tensor:
+        """Acoustic states (N, T', d), lengths (N,), alignment tokens (N, T') -> log-probs (N, T', C);
+        given ``frames`` (N, T') bool, -inf at the other frames, as ``ImputerModel.impute`` (the
+        graph computes every frame)."""
         feeds = {
             "hidden": _array(hidden, np.float32),
             "hidden_lengths": _array(lengths, np.int64),
             "tokens": _array(tokens, np.int64),
         }
         (log_probs,) = self._imputer.run(_IMPUTER_OUTPUTS, feeds)
-        return _tensor(log_probs, hidden.device)
+        out = _tensor(log_probs, hidden.device)
+        return out if frames is None else out.masked_fill(~frames[..., None].to(out.device), float("-inf"))
 
     # What only composes the two halves is ImputerModel's own code, so the two cannot drift apart.
     all_mask = ImputerModel.all_mask

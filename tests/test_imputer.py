@@ -23,6 +23,7 @@ from lhotse import CutSet
 from lhotse.array import TemporalArray
 from lhotse.testing.dummies import DummyManifest
 from lhotse.utils import fastcopy
+from torch import Tensor
 
 import imputer_asr.training.imputer as imputer_train
 from imputer_asr.cli import main
@@ -98,7 +99,8 @@ def test_exactly_k_evaluations_and_acoustic_encoder_once(monkeypatch, inject_lay
     encode, impute = _Counter(), _Counter()
     blocks = [_Counter() for _ in model.blocks]
     for counter, block in zip(blocks, model.blocks, strict=True):
-        block.register_forward_pre_hook(counter.hook)
+        # A block's first FFN: the whole block runs it, and so does the top block's mix-only pass
+        block.ff1.register_forward_pre_hook(counter.hook)
     real_encode, real_impute = model.encode_acoustic, model.impute
     monkeypatch.setattr(model, "encode_acoustic", lambda *a: (encode.hook(), real_encode(*a))[1])
     monkeypatch.setattr(model, "impute", lambda *a: (impute.hook(), real_impute(*a))[1])
@@ -146,7 +148,7 @@ def _fixed_network(monkeypatch, model: ImputerModel, log_probs: torch.Tensor) ->
     counter = _Counter()
     first: list[torch.Tensor] = []
 
-    def impute(hidden, lengths, tokens):
+    def impute(hidden, lengths, tokens, frames=None):  # every frame's, whatever ``frames`` asks for
         counter.hook()
         counter.rows.append(hidden.size(0))
         if not first:
@@ -717,13 +719,15 @@ def _alignment_sensitive_model(inject_layer: int) -> ImputerModel:
     return model
 
 
-def _recording_impute(monkeypatch, model: ImputerModel) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Record the alignment shown to, and the log-probs returned by, every ``model.impute`` call."""
+def _recording_impute(monkeypatch, model: ImputerModel) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """Record the alignment shown to, the log-probs returned by, and the frames asked for (all of
+    them when none are named) of every ``model.impute`` call."""
     calls, real = [], model.impute
 
-    def impute(hidden, lengths, tokens):
-        log_probs = real(hidden, lengths, tokens)
-        calls.append((tokens.clone(), log_probs.clone()))
+    def impute(hidden, lengths, tokens, frames=None):
+        log_probs = real(hidden, lengths, tokens, frames)
+        asked = torch.ones_like(tokens, dtype=torch.bool) if frames is None else frames.clone()
+        calls.append((tokens.clone(), log_probs.clone(), asked))
         return log_probs
 
     monkeypatch.setattr(model, "impute", impute)
@@ -748,11 +752,16 @@ def test_imputer_emissions_are_the_last_step_of_k_step_decoding(monkeypatch, ste
     decoded = list(calls)
     calls.clear()
     log_probs, out_lengths = imputer_emissions(model, features, lengths, steps, block_size=8)
-    # The same K evaluations over the same partial alignments; the emissions are the K-th output.
+    # The same K evaluations over the same partial alignments; the emissions are the K-th output,
+    # over every frame where decoding asked for the still-masked ones.
     assert len(calls) == len(decoded) == steps
-    for (shown, out), (decode_shown, decode_out) in zip(calls, decoded, strict=True):
+    for (shown, out, _), (decode_shown, decode_out, _) in zip(calls[:-1], decoded[:-1], strict=True):
         assert torch.equal(shown, decode_shown) and torch.equal(out, decode_out)
-    assert torch.equal(log_probs, decoded[-1][1]) and torch.equal(out_lengths, result.lengths)
+    (shown, out, asked), (decode_shown, decode_out, decode_asked) = calls[-1], decoded[-1]
+    assert torch.equal(shown, decode_shown) and bool(asked.all()) and not bool(decode_asked.all())
+    assert torch.allclose(out[decode_asked], decode_out[decode_asked], atol=1e-5)
+    assert bool((decode_out[~decode_asked] == float("-inf")).all())
+    assert torch.equal(log_probs, out) and torch.equal(out_lengths, result.lengths)
     # That K-th alignment holds the frames fixed before step K and [MASK] at the rest, and fixing
     # those by the emissions' argmax gives decode_imputer's alignment.
     last_shown = calls[-1][0]

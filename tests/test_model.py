@@ -192,6 +192,28 @@ def test_forward_is_encode_then_impute(inject_layer: int) -> None:
         assert torch.equal(model(batch, lengths, tokens)[0], model.impute(hidden, out_lengths, tokens))
 
 
+@pytest.mark.parametrize("inject_layer", [0, 2])
+def test_impute_over_chosen_frames_is_the_whole_output_there_and_nothing_elsewhere(inject_layer: int) -> None:
+    model = _model(inject_layer=inject_layer).double().eval()
+    _, batch, lengths = _ragged_batch()
+    with torch.no_grad():
+        hidden, hidden_lengths = model.encode_acoustic(batch.double(), lengths)
+        tokens = _random_tokens(*hidden.shape[:2], seed=3)
+        whole = model.impute(hidden, hidden_lengths, tokens)
+        g = torch.Generator().manual_seed(4)
+        for frames in (
+            torch.rand(tokens.shape, generator=g) < 0.4,  # padded frames among them too
+            torch.zeros_like(tokens, dtype=torch.bool),
+            torch.ones_like(tokens, dtype=torch.bool),
+        ):
+            some = model.impute(hidden, hidden_lengths, tokens, frames)
+            assert some.shape == whole.shape and some.dtype == torch.float32
+            assert torch.allclose(some[frames], whole[frames].float(), atol=1e-5)
+            assert bool((some[~frames] == float("-inf")).all())
+        with pytest.raises(ValueError, match="frames must be"):
+            model.impute(hidden, hidden_lengths, tokens, frames[:, :-1])
+
+
 @pytest.mark.parametrize("inject_layer", [0, 1])
 def test_intermediate_read_out_is_the_lower_blocks_through_the_same_layer(inject_layer: int) -> None:
     model = _model(inject_layer=inject_layer, interctc_layer=2).eval()

@@ -181,8 +181,8 @@ def decode_imputer_adaptive(
 class _Imputation:
     """Where the step loop leaves a batch: the alignment (N, T') with [MASK] at the frames still
     masked (``masked``, valid frames only), the 1-based step that fixed each frame (-1: none), the
-    encoder lengths, the log-probs (N, T', C) of the last evaluation (None when none ran) and how
-    many were run."""
+    encoder lengths, the log-probs (N, T', C) of the last evaluation (None when none ran; -inf at
+    the frames it did not choose among, unless it fixed nothing) and how many were run."""
 
     tokens: Tensor
     masked: Tensor
@@ -219,10 +219,12 @@ def _step_loop(
             for step in range(max_steps):
                 if stop_early and not bool(masked.any()):
                     break
-                log_probs = _evaluate(model, hidden, lengths, tokens, masked if stop_early else None)
-                evaluations += 1
-                if step == max_steps - 1 and not fix_last:
+                if step == max_steps - 1 and not fix_last:  # every frame's distribution is the result
+                    log_probs = model.impute(hidden, lengths, tokens)
+                    evaluations += 1
                     break
+                log_probs = _evaluate(model, hidden, lengths, tokens, masked, skip_done_rows=stop_early)
+                evaluations += 1
                 confidence, best = log_probs.max(dim=-1)
                 fix = _choose(confidence, masked, block_size, max_steps - step, schedule)
                 tokens = torch.where(fix, best, tokens)
@@ -234,21 +236,21 @@ def _step_loop(
 
 
 def _evaluate(
-    model: ImputerModel, hidden: Tensor, lengths: Tensor, tokens: Tensor, masked: Tensor | None
+    model: ImputerModel, hidden: Tensor, lengths: Tensor, tokens: Tensor, masked: Tensor, skip_done_rows: bool
 ) -> Tensor:
-    """One network evaluation; given ``masked``, only over the utterances with masked frames left.
+    """One network evaluation for choosing among the ``masked`` frames: their log-probs, -inf
+    elsewhere (the network's frame-by-frame tail runs on them alone, :meth:`ImputerModel.impute`).
 
-    An adaptive decoder is done with a confident utterance after a step or two while the rest of
-    its batch goes on; running the network over the unfinished ones only is what makes stopping
-    early save time. Finished rows get -inf (nothing of theirs is chosen any more).
+    With ``skip_done_rows`` the network runs only over the utterances with masked frames left. An
+    adaptive decoder is done with a confident utterance after a step or two while the rest of its
+    batch goes on; running the network over the unfinished ones only is what makes stopping early
+    save time.
     """
-    if masked is None:
-        return model.impute(hidden, lengths, tokens)
-    rows = masked.any(dim=1).nonzero().squeeze(1)
-    if len(rows) == len(lengths):
-        return model.impute(hidden, lengths, tokens)
+    rows = masked.any(dim=1).nonzero().squeeze(1) if skip_done_rows else None
+    if rows is None or len(rows) == len(lengths):
+        return model.impute(hidden, lengths, tokens, masked)
     width = int(lengths[rows].max())
-    part = model.impute(hidden[rows, :width], lengths[rows], tokens[rows, :width])
+    part = model.impute(hidden[rows, :width], lengths[rows], tokens[rows, :width], masked[rows, :width])
     out = part.new_full((*tokens.shape, part.size(-1)), float("-inf"))
     out[rows, :width] = part
     return out

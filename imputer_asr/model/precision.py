@@ -56,9 +56,9 @@ class Bf16Inference(nn.Module):
         with self._autocast():
             return self.model.encode_acoustic(features, feature_lengths)
 
-    def impute(self, hidden: Tensor, lengths: Tensor, tokens: Tensor) -> Tensor:
+    def impute(self, hidden: Tensor, lengths: Tensor, tokens: Tensor, frames: Tensor | None = None) -> Tensor:
         with self._autocast():
-            return self.model.impute(hidden, lengths, tokens)
+            return self.model.impute(hidden, lengths, tokens, frames)
 
     # What only composes the two halves is ImputerModel's own code, as for the ONNX model
     # (imputer_asr.export.OnnxImputer): the wrapper cannot drift from the network it wraps.
