@@ -25,6 +25,7 @@ from lhotse.testing.dummies import DummyManifest
 from lhotse.utils import fastcopy
 from torch import Tensor
 
+import imputer_asr.decoding.imputer as imputer_decoding
 import imputer_asr.training.imputer as imputer_train
 from imputer_asr.cli import main
 from imputer_asr.config import (
@@ -101,9 +102,11 @@ def test_exactly_k_evaluations_and_acoustic_encoder_once(monkeypatch, inject_lay
     for counter, block in zip(blocks, model.blocks, strict=True):
         # A block's first FFN: the whole block runs it, and so does the top block's mix-only pass
         block.ff1.register_forward_pre_hook(counter.hook)
-    real_encode, real_impute = model.encode_acoustic, model.impute
+    real_encode, real_impute, real_step = model.encode_acoustic, model.impute, model.impute_step
     monkeypatch.setattr(model, "encode_acoustic", lambda *a: (encode.hook(), real_encode(*a))[1])
+    # An evaluation is either call (impute_step: one block above inject_layer, reusing its work)
     monkeypatch.setattr(model, "impute", lambda *a: (impute.hook(), real_impute(*a))[1])
+    monkeypatch.setattr(model, "impute_step", lambda *a: (impute.hook(), real_step(*a))[1])
     for steps in (1, 2, 4, 8):
         encode.calls = impute.calls = 0
         for counter in blocks:
@@ -184,6 +187,21 @@ def test_fixing_order_follows_confidence(monkeypatch):
             stop = min(start + 8, length)
             by_confidence = confidence[i, start:stop].argsort(descending=True)
             assert result.history[i, start:stop][by_confidence].tolist() == list(range(1, stop - start + 1))
+
+
+def test_reusing_the_top_blocks_frame_by_frame_work_changes_nothing(monkeypatch):
+    model = _model(inject_layer=2, num_layers=3, seed=3).double()  # one block above inject_layer
+    with torch.no_grad():
+        model.token_embed.weight.normal_()  # the alignment moves the output
+    features, lengths = _ragged_batch(seed=3)
+    steps, real_step = _Counter(), model.impute_step
+    monkeypatch.setattr(model, "impute_step", lambda *a: (steps.hook(), real_step(*a))[1])
+    reused = decode_imputer(model, features.double(), lengths, steps=8)
+    assert steps.calls == 8
+    monkeypatch.setattr(imputer_decoding, "_one_top_block", lambda model: False)
+    plain = decode_imputer(model, features.double(), lengths, steps=8)
+    assert reused.tokens == plain.tokens and torch.equal(reused.alignment, plain.alignment)
+    assert torch.equal(reused.history, plain.history)
 
 
 def test_batching_invariance():
@@ -721,7 +739,7 @@ def _alignment_sensitive_model(inject_layer: int) -> ImputerModel:
 
 def _recording_impute(monkeypatch, model: ImputerModel) -> list[tuple[Tensor, Tensor, Tensor]]:
     """Record the alignment shown to, the log-probs returned by, and the frames asked for (all of
-    them when none are named) of every ``model.impute`` call."""
+    them when none are named) of every ``model.impute`` and ``model.impute_step`` call."""
     calls, real = [], model.impute
 
     def impute(hidden, lengths, tokens, frames=None):
@@ -730,7 +748,14 @@ def _recording_impute(monkeypatch, model: ImputerModel) -> list[tuple[Tensor, Te
         calls.append((tokens.clone(), log_probs.clone(), asked))
         return log_probs
 
+    def impute_step(hidden, lengths, tokens, frames, cache=None):  # one block above inject_layer
+        log_probs, cache = real_step(hidden, lengths, tokens, frames, cache)
+        calls.append((tokens.clone(), log_probs.clone(), frames.clone()))
+        return log_probs, cache
+
+    real_step = model.impute_step
     monkeypatch.setattr(model, "impute", impute)
+    monkeypatch.setattr(model, "impute_step", impute_step)
     return calls
 
 

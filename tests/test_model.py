@@ -214,6 +214,29 @@ def test_impute_over_chosen_frames_is_the_whole_output_there_and_nothing_elsewhe
             model.impute(hidden, hidden_lengths, tokens, frames[:, :-1])
 
 
+def test_impute_step_reuses_unchanged_frames_and_gives_imputes_output() -> None:
+    model = _model(inject_layer=2).double().eval()  # one block above inject_layer
+    _, batch, lengths = _ragged_batch()
+    g = torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        hidden, hidden_lengths = model.encode_acoustic(batch.double(), lengths)
+        tokens = model.all_mask(hidden)
+        valid = ~padding_mask(hidden_lengths, hidden.size(1))
+        cache = None
+        for _ in range(4):  # alignments that differ from the last at a few frames, as K-step decoding's
+            frames = valid & (tokens == model.cfg.mask_id)
+            got, cache = model.impute_step(hidden, hidden_lengths, tokens, frames, cache)
+            fresh, _ = model.impute_step(hidden, hidden_lengths, tokens, frames)
+            expected = model.impute(hidden, hidden_lengths, tokens, frames)
+            assert torch.equal(got == float("-inf"), expected == float("-inf"))
+            assert torch.allclose(got[frames], expected[frames], atol=1e-6)
+            assert torch.allclose(fresh[frames], expected[frames], atol=1e-6)
+            fix = frames & (torch.rand(tokens.shape, generator=g) < 0.3)
+            tokens = torch.where(fix, torch.randint(VOCAB, tokens.shape, generator=g), tokens)
+    with pytest.raises(ValueError, match="one block above inject_layer"):
+        _model(inject_layer=1).impute_step(hidden.float(), hidden_lengths, tokens, frames)
+
+
 @pytest.mark.parametrize("inject_layer", [0, 1])
 def test_intermediate_read_out_is_the_lower_blocks_through_the_same_layer(inject_layer: int) -> None:
     model = _model(inject_layer=inject_layer, interctc_layer=2).eval()

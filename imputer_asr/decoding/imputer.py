@@ -216,6 +216,10 @@ def _step_loop(
             history = torch.full_like(tokens, -1)
             log_probs: Tensor | None = None
             evaluations = 0
+            # A fixed schedule runs every row every step: the top block can reuse its frame-by-frame
+            # work on the frames whose token did not change (ImputerModel.impute_step).
+            reuse = not stop_early and _one_top_block(model)
+            cache = None
             for step in range(max_steps):
                 if stop_early and not bool(masked.any()):
                     break
@@ -223,7 +227,10 @@ def _step_loop(
                     log_probs = model.impute(hidden, lengths, tokens)
                     evaluations += 1
                     break
-                log_probs = _evaluate(model, hidden, lengths, tokens, masked, skip_done_rows=stop_early)
+                if reuse:
+                    log_probs, cache = model.impute_step(hidden, lengths, tokens, masked, cache)
+                else:
+                    log_probs = _evaluate(model, hidden, lengths, tokens, masked, skip_done_rows=stop_early)
                 evaluations += 1
                 confidence, best = log_probs.max(dim=-1)
                 fix = _choose(confidence, masked, block_size, max_steps - step, schedule)
@@ -254,6 +261,13 @@ def _evaluate(
     out = part.new_full((*tokens.shape, part.size(-1)), float("-inf"))
     out[rows, :width] = part
     return out
+
+
+def _one_top_block(model: ImputerModel) -> bool:
+    """Whether ``model`` can impute step by step reusing frame-by-frame work (a PyTorch network
+    with a single block above ``inject_layer``; not an onnxruntime one)."""
+    one_block = model.cfg.num_layers - model.cfg.inject_layer == 1
+    return one_block and callable(getattr(model, "impute_step", None))
 
 
 def _collapsed(run: _Imputation, blank: int) -> ImputerResult:

@@ -24,7 +24,7 @@ import logging
 import torch
 from torch import Tensor, nn
 
-from imputer_asr.model.conformer import ImputerModel
+from imputer_asr.model.conformer import ImputerModel, StepCache
 
 __all__ = ["native_bf16", "Bf16Inference", "bf16_inference"]
 
@@ -59,6 +59,12 @@ class Bf16Inference(nn.Module):
     def impute(self, hidden: Tensor, lengths: Tensor, tokens: Tensor, frames: Tensor | None = None) -> Tensor:
         with self._autocast():
             return self.model.impute(hidden, lengths, tokens, frames)
+
+    def impute_step(
+        self, hidden: Tensor, lengths: Tensor, tokens: Tensor, frames: Tensor, cache: StepCache | None = None
+    ) -> tuple[Tensor, StepCache]:
+        with self._autocast():
+            return self.model.impute_step(hidden, lengths, tokens, frames, cache)
 
     # What only composes the two halves is ImputerModel's own code, as for the ONNX model
     # (imputer_asr.export.OnnxImputer): the wrapper cannot drift from the network it wraps.
