@@ -9,7 +9,10 @@ length; the alignment is then collapsed (merge repeats, drop blanks). K = 1 is C
 of the all-[MASK] network; K = B fixes one frame per block per step, as in the paper.
 
 With ``inject_layer`` k > 0 the acoustic encoder (subsampling and the bottom k blocks) runs once per
-batch and only the top blocks run per step (:meth:`ImputerModel.impute`).
+batch and only the top blocks run per step (:meth:`ImputerModel.impute`). A step computes the
+output only at the frames still masked, the frames it chooses among; with a single top block, K-step
+decoding also recomputes that block's per-frame work only where the alignment changed since the
+last step (:meth:`ImputerModel.impute_step`).
 
 Adaptive decoding fixes, at each step, every masked frame whose maximum probability exceeds a
 threshold (at least the schedule's ceil(r / s) per block, so at least one) and stops as soon as
