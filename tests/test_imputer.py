@@ -189,19 +189,27 @@ def test_fixing_order_follows_confidence(monkeypatch):
             assert result.history[i, start:stop][by_confidence].tolist() == list(range(1, stop - start + 1))
 
 
-def test_reusing_the_top_blocks_frame_by_frame_work_changes_nothing(monkeypatch):
+@pytest.mark.parametrize("threshold", [None, 0.3], ids=["k_step", "adaptive"])
+def test_reusing_the_top_blocks_frame_by_frame_work_changes_nothing(monkeypatch, threshold):
     model = _model(inject_layer=2, num_layers=3, seed=3).double()  # one block above inject_layer
     with torch.no_grad():
         model.token_embed.weight.normal_()  # the alignment moves the output
     features, lengths = _ragged_batch(seed=3)
-    steps, real_step = _Counter(), model.impute_step
-    monkeypatch.setattr(model, "impute_step", lambda *a: (steps.hook(), real_step(*a))[1])
-    reused = decode_imputer(model, features.double(), lengths, steps=8)
-    assert steps.calls == 8
+
+    def decode():
+        if threshold is None:
+            return decode_imputer(model, features.double(), lengths, steps=8)
+        return decode_imputer_adaptive(model, features.double(), lengths, threshold=threshold, max_steps=8)
+
+    rows, real_step = [], model.impute_step
+    monkeypatch.setattr(model, "impute_step", lambda *a: (rows.append(a[0].size(0)), real_step(*a))[1])
+    reused = decode()
+    # Every step went through impute_step; adaptive decoding ran some with the finished rows left out
+    assert len(rows) == reused.evaluations and (rows == [3] * 8 if threshold is None else min(rows) < 3)
     monkeypatch.setattr(imputer_decoding, "_one_top_block", lambda model: False)
-    plain = decode_imputer(model, features.double(), lengths, steps=8)
+    plain = decode()
     assert reused.tokens == plain.tokens and torch.equal(reused.alignment, plain.alignment)
-    assert torch.equal(reused.history, plain.history)
+    assert torch.equal(reused.history, plain.history) and reused.evaluations == plain.evaluations
 
 
 def test_batching_invariance():

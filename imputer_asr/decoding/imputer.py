@@ -45,7 +45,7 @@ from torch import Tensor
 from imputer_asr.data.tokenizer import Tokenizer
 from imputer_asr.decoding.decoder import BatchDecoding, Hypothesis, decode_cutset
 from imputer_asr.model.alignment import collapse
-from imputer_asr.model.conformer import ImputerModel, padding_mask
+from imputer_asr.model.conformer import ImputerModel, StepCache, padding_mask
 
 __all__ = [
     "ImputerResult",
@@ -219,10 +219,10 @@ def _step_loop(
             history = torch.full_like(tokens, -1)
             log_probs: Tensor | None = None
             evaluations = 0
-            # A fixed schedule runs every row every step: the top block can reuse its frame-by-frame
-            # work on the frames whose token did not change (ImputerModel.impute_step).
-            reuse = not stop_early and _one_top_block(model)
-            cache = None
+            # A single top block reuses its frame-by-frame work on the frames whose token did not
+            # change since the last step (ImputerModel.impute_step).
+            reuse = _one_top_block(model)
+            cache: StepCache | None = None
             for step in range(max_steps):
                 if stop_early and not bool(masked.any()):
                     break
@@ -231,7 +231,9 @@ def _step_loop(
                     evaluations += 1
                     break
                 if reuse:
-                    log_probs, cache = model.impute_step(hidden, lengths, tokens, masked, cache)
+                    log_probs, cache = _evaluate_reusing(
+                        model, hidden, lengths, tokens, masked, cache, skip_done_rows=stop_early
+                    )
                 else:
                     log_probs = _evaluate(model, hidden, lengths, tokens, masked, skip_done_rows=stop_early)
                 evaluations += 1
@@ -264,6 +266,36 @@ def _evaluate(
     out = part.new_full((*tokens.shape, part.size(-1)), float("-inf"))
     out[rows, :width] = part
     return out
+
+
+def _evaluate_reusing(
+    model: ImputerModel,
+    hidden: Tensor,
+    lengths: Tensor,
+    tokens: Tensor,
+    masked: Tensor,
+    cache: StepCache | None,
+    *,
+    skip_done_rows: bool,
+) -> tuple[Tensor, StepCache]:
+    """:func:`_evaluate` through :meth:`ImputerModel.impute_step`: the batch's cache goes in, and
+    comes out with the rows that ran brought up to date (the others are done with)."""
+    rows = masked.any(dim=1).nonzero().squeeze(1) if skip_done_rows else None
+    if cache is None or rows is None or len(rows) == len(lengths):
+        return model.impute_step(hidden, lengths, tokens, masked, cache)
+    width = int(lengths[rows].max())
+    sub = (hidden[rows, :width], lengths[rows], tokens[rows, :width], masked[rows, :width])
+    part, part_cache = model.impute_step(*sub, StepCache(*(t[rows, :width] for t in _tensors(cache))))
+    whole = [t.clone() for t in _tensors(cache)]
+    for full, new in zip(whole, _tensors(part_cache), strict=True):
+        full[rows, :width] = new
+    out = part.new_full((*tokens.shape, part.size(-1)), float("-inf"))
+    out[rows, :width] = part
+    return out, StepCache(*whole)
+
+
+def _tensors(cache: StepCache) -> tuple[Tensor, Tensor, Tensor]:
+    return cache.tokens, cache.ff1, cache.qkv
 
 
 def _one_top_block(model: ImputerModel) -> bool:
