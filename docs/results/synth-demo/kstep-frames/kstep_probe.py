@@ -1,11 +1,13 @@
-"""K = 8 decoding of a test split against CTC greedy search of the same model, three ways, taking
-turns in one process:
+"""K = 8 and adaptive decoding of a test split against CTC greedy search of the same model, taking
+turns in one process. K = 8 three ways:
 
 - every frame: each step runs the top blocks over every frame (the decoder before 8bf1c01);
 - masked frames: the top block's frame-by-frame tail (second FFN, LayerNorm, output layer) only at
   the frames still masked (``ImputerModel.impute(..., frames)``);
 - reuse: with one block above ``inject_layer``, also its first FFN and attention projections only
-  at the frames whose token changed since the last step (``ImputerModel.impute_step``), today's.
+  at the frames whose token changed since the last step (``ImputerModel.impute_step``), today's;
+
+and adaptive decoding (threshold 0.9, at most 8 steps: the recipe's) with and without the reuse.
 
     .venv/bin/python docs/results/synth-demo/kstep-frames/kstep_probe.py MODEL.pt CUTS_WITH_FEATURES
 """
@@ -41,6 +43,8 @@ variants = {  # decoder, _evaluate, _one_top_block
     "K=8 every frame": (k8, every_frame, lambda model: False),
     "K=8 masked frames": (k8, masked_only, lambda model: False),
     "K=8 reuse": (k8, masked_only, can_reuse),
+    "adaptive no reuse": (imputer_decoding.AdaptiveDecoder(0.9, max_steps=8), masked_only, lambda model: False),
+    "adaptive reuse": (imputer_decoding.AdaptiveDecoder(0.9, max_steps=8), masked_only, can_reuse),
 }
 
 
@@ -58,7 +62,9 @@ for _ in range(5):
         seconds[name].append(result.seconds)
         outputs[name] = result.outputs
 base = statistics.median(seconds["CTC greedy"])
+same_as = {"K=8 masked frames": "K=8 every frame", "K=8 reuse": "K=8 every frame", "adaptive reuse": "adaptive no reuse"}
 for name in variants:
     median = statistics.median(seconds[name])
-    same = "" if name == "CTC greedy" else f"  same transcripts as every frame: {outputs[name] == outputs['K=8 every frame']}"
+    other = same_as.get(name)
+    same = f"  same transcripts as {other}: {outputs[name] == outputs[other]}" if other else ""
     print(f"{name:<18} median of 5 {median:5.2f} s  x{median / base:.2f} CTC greedy{same}")
