@@ -206,15 +206,15 @@ class _FusedAttention(nn.Module):
 
     def __init__(self, attn: nn.Module) -> None:
         super().__init__()
-        self.norm, self.qkv, self.out, self.num_heads = attn.norm, attn.qkv, attn.out, attn.num_heads
+        self.attn = attn
 
     def forward(self, x: Tensor, attend: Tensor, rotary: tuple[Tensor, Tensor]) -> Tensor:
         n, t, d = x.shape
-        q, k, v = self.qkv(self.norm(x)).split(d, dim=-1)
-        q = _RotaryEmbedding.apply(q, *rotary, self.num_heads)
-        k = _RotaryEmbedding.apply(k, *rotary, self.num_heads)
+        heads = self.attn.num_heads
+        q, k, v = self.attn.project(x).split(d, dim=-1)
+        q, k = _RotaryEmbedding.apply(q, *rotary, heads), _RotaryEmbedding.apply(k, *rotary, heads)
         keep = attend.reshape(n, t).to(torch.int32)
-        return self.out(_MultiHeadAttention.apply(q, k, v, keep, self.num_heads))
+        return self.attn.out(_MultiHeadAttention.apply(q, k, v, keep, heads))
 
 
 def _with_fused_attention(model: ImputerModel) -> ImputerModel:

@@ -230,12 +230,9 @@ def _step_loop(
                     log_probs = model.impute(hidden, lengths, tokens)
                     evaluations += 1
                     break
-                if reuse:
-                    log_probs, cache = _evaluate_reusing(
-                        model, hidden, lengths, tokens, masked, cache, skip_done_rows=stop_early
-                    )
-                else:
-                    log_probs = _evaluate(model, hidden, lengths, tokens, masked, skip_done_rows=stop_early)
+                log_probs, cache = _evaluate(
+                    model, hidden, lengths, tokens, masked, cache, skip_done_rows=stop_early, reuse=reuse
+                )
                 evaluations += 1
                 confidence, best = log_probs.max(dim=-1)
                 fix = _choose(confidence, masked, block_size, max_steps - step, schedule)
@@ -248,27 +245,6 @@ def _step_loop(
 
 
 def _evaluate(
-    model: ImputerModel, hidden: Tensor, lengths: Tensor, tokens: Tensor, masked: Tensor, skip_done_rows: bool
-) -> Tensor:
-    """One network evaluation for choosing among the ``masked`` frames: their log-probs, -inf
-    elsewhere (the network's frame-by-frame tail runs on them alone, :meth:`ImputerModel.impute`).
-
-    With ``skip_done_rows`` the network runs only over the utterances with masked frames left. An
-    adaptive decoder is done with a confident utterance after a step or two while the rest of its
-    batch goes on; running the network over the unfinished ones only is what makes stopping early
-    save time.
-    """
-    rows = masked.any(dim=1).nonzero().squeeze(1) if skip_done_rows else None
-    if rows is None or len(rows) == len(lengths):
-        return model.impute(hidden, lengths, tokens, masked)
-    width = int(lengths[rows].max())
-    part = model.impute(hidden[rows, :width], lengths[rows], tokens[rows, :width], masked[rows, :width])
-    out = part.new_full((*tokens.shape, part.size(-1)), float("-inf"))
-    out[rows, :width] = part
-    return out
-
-
-def _evaluate_reusing(
     model: ImputerModel,
     hidden: Tensor,
     lengths: Tensor,
@@ -277,25 +253,41 @@ def _evaluate_reusing(
     cache: StepCache | None,
     *,
     skip_done_rows: bool,
-) -> tuple[Tensor, StepCache]:
-    """:func:`_evaluate` through :meth:`ImputerModel.impute_step`: the batch's cache goes in, and
-    comes out with the rows that ran brought up to date (the others are done with)."""
+    reuse: bool,
+) -> tuple[Tensor, StepCache | None]:
+    """One network evaluation for choosing among the ``masked`` frames: their log-probs, -inf
+    elsewhere (the network's frame-by-frame tail runs on them alone, :meth:`ImputerModel.impute`);
+    with ``reuse``, through :meth:`ImputerModel.impute_step`, whose ``cache`` goes in and comes out
+    brought up to date for the rows that ran (the others are done with).
+
+    With ``skip_done_rows`` the network runs only over the utterances with masked frames left. An
+    adaptive decoder is done with a confident utterance after a step or two while the rest of its
+    batch goes on; running the network over the unfinished ones only is what makes stopping early
+    save time.
+    """
     rows = masked.any(dim=1).nonzero().squeeze(1) if skip_done_rows else None
-    if cache is None or rows is None or len(rows) == len(lengths):
-        return model.impute_step(hidden, lengths, tokens, masked, cache)
+    if rows is None or len(rows) == len(lengths) or (reuse and cache is None):
+        return _network(model, hidden, lengths, tokens, masked, cache, reuse)
     width = int(lengths[rows].max())
     sub = (hidden[rows, :width], lengths[rows], tokens[rows, :width], masked[rows, :width])
-    part, part_cache = model.impute_step(*sub, StepCache(*(t[rows, :width] for t in _tensors(cache))))
-    whole = [t.clone() for t in _tensors(cache)]
-    for full, new in zip(whole, _tensors(part_cache), strict=True):
-        full[rows, :width] = new
+    part, part_cache = _network(model, *sub, None if cache is None else cache.rows(rows, width), reuse)
     out = part.new_full((*tokens.shape, part.size(-1)), float("-inf"))
     out[rows, :width] = part
-    return out, StepCache(*whole)
+    return out, None if cache is None or part_cache is None else cache.with_rows(rows, part_cache)
 
 
-def _tensors(cache: StepCache) -> tuple[Tensor, Tensor, Tensor]:
-    return cache.tokens, cache.ff1, cache.qkv
+def _network(
+    model: ImputerModel,
+    hidden: Tensor,
+    lengths: Tensor,
+    tokens: Tensor,
+    frames: Tensor,
+    cache: StepCache | None,
+    reuse: bool,
+) -> tuple[Tensor, StepCache | None]:
+    if reuse:
+        return model.impute_step(hidden, lengths, tokens, frames, cache)
+    return model.impute(hidden, lengths, tokens, frames), None
 
 
 def _one_top_block(model: ImputerModel) -> bool:

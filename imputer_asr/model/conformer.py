@@ -256,6 +256,23 @@ class StepCache:
     ff1: Tensor
     qkv: Tensor
 
+    def rows(self, rows: Tensor, width: int) -> StepCache:
+        """The cache of utterances ``rows``, their first ``width`` frames."""
+        return StepCache(self.tokens[rows, :width], self.ff1[rows, :width], self.qkv[rows, :width])
+
+    def with_rows(self, rows: Tensor, part: StepCache) -> StepCache:
+        """A copy with utterances ``rows`` replaced by ``part`` (from :meth:`rows`)."""
+        width = part.tokens.size(1)
+        whole = [t.clone() for t in (self.tokens, self.ff1, self.qkv)]
+        for full, new in zip(whole, (part.tokens, part.ff1, part.qkv), strict=True):
+            full[rows, :width] = new
+        return StepCache(*whole)
+
+
+def _check_frames(frames: Tensor, tokens: Tensor) -> None:
+    if frames.shape != tokens.shape:
+        raise ValueError(f"frames must be {tuple(tokens.shape)}, got {tuple(frames.shape)}")
+
 
 def check_features(features: Tensor, feature_lengths: Tensor, input_dim: int) -> None:
     """Raise ValueError unless ``features`` is (N, T, input_dim) and every length is in
@@ -373,12 +390,8 @@ class ImputerModel(nn.Module):
         top = self.blocks[self.cfg.inject_layer :]
         if frames is None:
             return self._log_softmax(self._run_blocks(x, lengths, top))
-        if frames.shape != tokens.shape:
-            raise ValueError(f"frames must be {tuple(tokens.shape)}, got {tuple(frames.shape)}")
-        x = self._run_blocks(x, lengths, top, finish_last=False)
-        out = x.new_full((*frames.shape, self.cfg.vocab_size), float("-inf"), dtype=torch.float32)
-        out[frames] = self._log_softmax(top[-1].finish(x[frames]))
-        return out
+        _check_frames(frames, tokens)
+        return self._finish_at(top[-1], self._run_blocks(x, lengths, top, finish_last=False), frames)
 
     def impute_step(
         self, hidden: Tensor, lengths: Tensor, tokens: Tensor, frames: Tensor, cache: StepCache | None = None
@@ -399,8 +412,7 @@ class ImputerModel(nn.Module):
         top = self.blocks[self.cfg.inject_layer :]
         if len(top) != 1:
             raise ValueError(f"impute_step needs one block above inject_layer, the model has {len(top)}")
-        if frames.shape != tokens.shape:
-            raise ValueError(f"frames must be {tuple(tokens.shape)}, got {tuple(frames.shape)}")
+        _check_frames(frames, tokens)
         block = top[0]
         if cache is None or cache.tokens.shape != tokens.shape:
             x, qkv = block.head(hidden + self.alignment_input(tokens))
@@ -411,9 +423,14 @@ class ImputerModel(nn.Module):
                 x[changed], qkv[changed] = block.head(hidden[changed] + self.alignment_input(tokens[changed]))
         pad, attend, rotary = self._frame_context(lengths, tokens.size(1), hidden.device)
         y = block.mix_projected(x, qkv, pad, attend, rotary)
-        out = y.new_full((*frames.shape, self.cfg.vocab_size), float("-inf"), dtype=torch.float32)
-        out[frames] = self._log_softmax(block.finish(y[frames]))
-        return out, StepCache(tokens, x, qkv)
+        return self._finish_at(block, y, frames), StepCache(tokens, x, qkv)
+
+    def _finish_at(self, block: _ConformerBlock, x: Tensor, frames: Tensor) -> Tensor:
+        """The last block's frame-by-frame rest and the output over ``frames`` of its mixed x (N, T', d):
+        log-probs (N, T', C), -inf at the other frames."""
+        out = x.new_full((*frames.shape, self.cfg.vocab_size), float("-inf"), dtype=torch.float32)
+        out[frames] = self._log_softmax(block.finish(x[frames]))
+        return out
 
     def _log_softmax(self, x: Tensor) -> Tensor:
         # float32 whatever autocast made of the output layer: the losses' sums over frames and the

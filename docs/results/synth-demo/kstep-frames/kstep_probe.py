@@ -33,8 +33,8 @@ masked_only = imputer_decoding._evaluate
 can_reuse = imputer_decoding._one_top_block
 
 
-def every_frame(model, hidden, lengths, tokens, masked, skip_done_rows):
-    return model.impute(hidden, lengths, tokens)
+def every_frame(model, hidden, lengths, tokens, masked, cache, *, skip_done_rows, reuse):
+    return model.impute(hidden, lengths, tokens), None
 
 
 k8 = imputer_decoding.KStepDecoder(8)
@@ -43,7 +43,11 @@ variants = {  # decoder, _evaluate, _one_top_block
     "K=8 every frame": (k8, every_frame, lambda model: False),
     "K=8 masked frames": (k8, masked_only, lambda model: False),
     "K=8 reuse": (k8, masked_only, can_reuse),
-    "adaptive no reuse": (imputer_decoding.AdaptiveDecoder(0.9, max_steps=8), masked_only, lambda model: False),
+    "adaptive no reuse": (
+        imputer_decoding.AdaptiveDecoder(0.9, max_steps=8),
+        masked_only,
+        lambda model: False,
+    ),
     "adaptive reuse": (imputer_decoding.AdaptiveDecoder(0.9, max_steps=8), masked_only, can_reuse),
 }
 
@@ -62,7 +66,11 @@ for _ in range(5):
         seconds[name].append(result.seconds)
         outputs[name] = result.outputs
 base = statistics.median(seconds["CTC greedy"])
-same_as = {"K=8 masked frames": "K=8 every frame", "K=8 reuse": "K=8 every frame", "adaptive reuse": "adaptive no reuse"}
+same_as = {
+    "K=8 masked frames": "K=8 every frame",
+    "K=8 reuse": "K=8 every frame",
+    "adaptive reuse": "adaptive no reuse",
+}
 for name in variants:
     median = statistics.median(seconds[name])
     other = same_as.get(name)
