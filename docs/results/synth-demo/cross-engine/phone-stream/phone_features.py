@@ -34,8 +34,13 @@ _decoder = None
 def _make_decoder() -> pocketsphinx.Decoder:
     model = Path(pocketsphinx.__file__).parent / "model" / "en-us"
     config = pocketsphinx.Config(
-        hmm=str(model / "en-us"), allphone=str(model / "en-us-phone.lm.bin"), lm=None, loglevel="FATAL",
-        beam=1e-20, pbeam=1e-20, lw=2.0,
+        hmm=str(model / "en-us"),
+        allphone=str(model / "en-us-phone.lm.bin"),
+        lm=None,
+        loglevel="FATAL",
+        beam=1e-20,
+        pbeam=1e-20,
+        lw=2.0,
     )
     return pocketsphinx.Decoder(config)
 
@@ -76,13 +81,18 @@ def convert(src: Path, out: Path, part: str, jobs: int) -> None:
             onehot[np.arange(len(onehot)), by_id[cut.id]] = 1.0
             key = writer.write(cut.id, onehot)
             features = replace(
-                cut.features, storage_type=writer.name, storage_path=str(writer.storage_path), storage_key=key,
-                num_features=DIM, type="pocketsphinx-phones",
+                cut.features,
+                storage_type=writer.name,
+                storage_path=str(writer.storage_path),
+                storage_key=key,
+                num_features=DIM,
+                type="pocketsphinx-phones",
             )
             written.append(replace(cut, features=features))
     CutSet.from_cuts(written).to_file(out / f"cuts_{part}_fbank.jsonl.gz")
     took = time.time() - start
-    print(f"{part}: {len(cuts)} cuts, {seconds / 3600:.2f} h, {took:.0f} s (RTF {took / seconds:.3f} on {jobs} jobs)")
+    rtf = took / seconds
+    print(f"{part}: {len(cuts)} cuts, {seconds / 3600:.2f} h, {took:.0f} s (RTF {rtf:.3f} on {jobs} jobs)")
 
 
 def main() -> None:
