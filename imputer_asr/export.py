@@ -14,8 +14,9 @@ the precision (``float32`` or ``int8``). ``int8`` is onnxruntime's dynamic quant
 weights of the linear layers inside the encoder (:func:`_quantize_int8`): activations are quantized
 per tensor at run time, so int8 outputs are close to, not equal to, the float ones.
 
-:func:`load_onnx` splits the graph into its two halves again (one onnxruntime session each) and
-returns a :class:`~imputer_asr.training.checkpoint.PackagedModel` whose ``.model`` is an
+:func:`load_onnx` splits the graph into its two halves again (one onnxruntime session each), joins
+them into a third session, the whole network fed an all-[MASK] alignment (a CTC model in one
+call), and returns a :class:`~imputer_asr.training.checkpoint.PackagedModel` whose ``.model`` is an
 :class:`OnnxImputer`: the methods that decoding calls on an ``ImputerModel`` (``forward``,
 ``encode_acoustic``, ``impute``, ``all_mask``), so CTC greedy search and K-step Imputer decoding
 (:mod:`imputer_asr.decoding`) run unchanged, the K-step loop in torch calling the imputation
@@ -310,20 +311,19 @@ def export_onnx(packaged: PackagedModel, out: str | os.PathLike, *, int8: bool =
 
 @torch.inference_mode()
 def _max_abs_diff(model: ImputerModel, exported: OnnxImputer) -> float:
-    """Largest |log-prob difference| of the two networks over the valid frames of a random batch,
-    all-[MASK] and with random alignment tokens."""
+    """Largest |log-prob difference| of the two networks over the valid frames of a random batch:
+    the whole network (all [MASK]), and the two halves all-[MASK] and with random alignment tokens."""
     features, lengths = _example_batch(model.cfg, seed=1)
     hidden, frames = model.encode_acoustic(features, lengths)
     tokens = torch.randint(
         0, model.cfg.mask_id + 1, hidden.shape[:2], generator=torch.Generator().manual_seed(1)
     )
     valid = ~padding_mask(frames, hidden.size(1))
-    worst = 0.0
+    pairs = [(exported(features, lengths)[0], model.impute(hidden, frames, model.all_mask(hidden)))]
     for alignment in (model.all_mask(hidden), tokens):
         reference = model.impute(hidden, frames, alignment)
-        got = exported.impute(*exported.encode_acoustic(features, lengths), alignment)
-        worst = max(worst, float((got - reference)[valid].abs().max()))
-    return worst
+        pairs.append((exported.impute(*exported.encode_acoustic(features, lengths), alignment), reference))
+    return max(float((got - reference)[valid].abs().max()) for got, reference in pairs)
 
 
 class OnnxImputer(nn.Module):
@@ -335,16 +335,19 @@ class OnnxImputer(nn.Module):
     Args:
         encoder: the onnxruntime session of the acoustic encoder.
         imputer: the onnxruntime session of the imputation.
+        network: the session of the two in one, fed an all-[MASK] alignment: ``forward`` without
+            tokens, what CTC decoding calls, is one call of it.
         cfg: the model configuration the network was built with.
         precision: ``float32`` or ``int8``.
     """
 
-    def __init__(self, encoder: Any, imputer: Any, cfg: ModelConfig, precision: str) -> None:
+    def __init__(self, encoder: Any, imputer: Any, network: Any, cfg: ModelConfig, precision: str) -> None:
         super().__init__()
         self.cfg = cfg
         self.precision = precision
         self._encoder = encoder
         self._imputer = imputer
+        self._network = network
         # The decoding loops take a model's device from its first parameter; this one holds none of
         # the weights (they live in the sessions) and only says where the inputs are expected.
         self.device_anchor = nn.Parameter(torch.empty(0), requires_grad=False)
@@ -372,9 +375,22 @@ class OnnxImputer(nn.Module):
         out = _tensor(log_probs, hidden.device)
         return out if frames is None else out.masked_fill(~frames[..., None].to(out.device), float("-inf"))
 
+    def forward(
+        self, features: Tensor, feature_lengths: Tensor, tokens: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """As ``ImputerModel.forward``: without ``tokens`` one call of the whole network."""
+        if tokens is not None:
+            return ImputerModel.forward(self, features, feature_lengths, tokens)
+        check_features(features, feature_lengths, self.cfg.input_dim)
+        feeds = {
+            "features": _array(features, np.float32),
+            "feature_lengths": _array(feature_lengths, np.int64),
+        }
+        log_probs, lengths = self._network.run(_IMPUTER_OUTPUTS + _ENCODER_OUTPUTS[1:], feeds)
+        return _tensor(log_probs, features.device), _tensor(lengths, features.device)
+
     # What only composes the two halves is ImputerModel's own code, so the two cannot drift apart.
     all_mask = ImputerModel.all_mask
-    forward = ImputerModel.forward
 
 
 def _array(tensor: Tensor, dtype: type) -> np.ndarray:
@@ -394,20 +410,39 @@ def _import_onnx() -> Any:
     return onnx
 
 
-def _session(proto: Any, threads: int) -> Any:
+def _session(proto: Any, threads: int, *, spin: bool) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only: its warnings would be lines on a command's stderr
-    # Idle worker threads sleep instead of spinning: the K-step loop runs torch between the
-    # session's calls, and a spinning pool takes the cores from it and from other processes. On 2
-    # cores busy with a training, K=4 decoding of 4 utterances by the demo's 6-block model took a
-    # median 1.5 s instead of 6.6 s (float32; int8 0.5 s instead of 5.0 s); on idle cores the two
-    # settings decode 50 test utterances within 5 % of each other.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _whole_network(proto: Any, mask_id: int) -> Any:
+    """The export's graph as one network, features and their lengths -> log-probs and lengths: the
+    imputation reads the encoder's output and an all-[MASK] alignment, as ``ImputerModel.forward``
+    without tokens (a CTC model)."""
+    import onnx
+    from onnx import helper
+
+    whole = copy.deepcopy(proto)
+    graph = whole.graph
+    kept = [value for value in graph.input if value.name not in _IMPUTER_INPUTS]
+    del graph.input[:]
+    graph.input.extend(kept)
+    mask = helper.make_tensor("mask_id", onnx.TensorProto.INT64, [1], [mask_id])
+    graph.node.extend(
+        [
+            helper.make_node("Identity", ["encoded"], ["hidden"]),
+            helper.make_node("Identity", ["encoded_lengths"], ["hidden_lengths"]),
+            helper.make_node("Shape", ["encoded"], ["alignment_shape"], end=2),
+            helper.make_node("ConstantOfShape", ["alignment_shape"], ["tokens"], value=mask),
+        ]
+    )
+    return whole
 
 
 def _onnx_imputer(
@@ -427,7 +462,24 @@ def _onnx_imputer(
     extractor = Extractor(proto)
     encoder = extractor.extract_model(_ENCODER_INPUTS, _ENCODER_OUTPUTS)
     imputer = extractor.extract_model(_IMPUTER_INPUTS, _IMPUTER_OUTPUTS)
-    return OnnxImputer(_session(encoder, threads), _session(imputer, threads), cfg, precision)
+    network = Extractor(_whole_network(proto, cfg.mask_id)).extract_model(
+        _ENCODER_INPUTS, _IMPUTER_OUTPUTS + _ENCODER_OUTPUTS[1:]
+    )
+    # The halves' idle threads sleep instead of spinning: K-step decoding runs torch between their
+    # calls, and a spinning pool takes the cores from it and from other processes. On 2 cores busy
+    # with a training, K=4 decoding of 4 utterances by the demo's 6-block model took a median 1.5 s
+    # instead of 6.6 s (float32; int8 0.5 s instead of 5.0 s). The whole network is one call per
+    # batch with nothing between, and its threads spin as PyTorch's OpenMP threads do, unless
+    # OMP_WAIT_POLICY=PASSIVE asks both not to: on idle cores the demo's int8 CTC network ran 1.2x
+    # as fast spinning, beside two busy processes 1.6x as slow (RESULTS.md, Speed).
+    spin = os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE"
+    return OnnxImputer(
+        _session(encoder, threads, spin=False),
+        _session(imputer, threads, spin=False),
+        _session(network, threads, spin=spin),
+        cfg,
+        precision,
+    )
 
 
 def load_onnx(path: str | os.PathLike, threads: int | None = None) -> PackagedModel:

@@ -132,6 +132,8 @@ def test_float32_export_matches_pytorch_at_every_batch_size_and_length(
         log_probs, out_lengths = exported(features, lengths)  # forward: all [MASK], as a CTC model
         assert torch.equal(out_lengths, hidden_lengths)
         assert (log_probs - torch_model(features, lengths)[0])[valid].abs().max() < TOLERANCE
+        log_probs, _ = exported(features, lengths, tokens)  # forward given an alignment: the halves
+        assert (log_probs - torch_model(features, lengths, tokens)[0])[valid].abs().max() < TOLERANCE
 
 
 def test_an_utterance_gives_the_same_output_alone_and_in_a_padded_batch(model_onnx: Path) -> None:
@@ -331,5 +333,19 @@ def test_without_onnxruntime_the_error_says_what_to_install(
 
 def test_sessions_use_the_threads_asked_for(model_onnx: Path) -> None:
     exported = load_onnx(model_onnx, threads=1).model
-    for session in (exported._encoder, exported._imputer):
+    for session in (exported._encoder, exported._imputer, exported._network):
         assert session.get_session_options().intra_op_num_threads == 1
+
+
+def _spins(session) -> bool:
+    return session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "1"
+
+
+def test_only_the_whole_network_spins_and_omp_wait_policy_passive_stops_it(
+    model_onnx: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    exported = load_onnx(model_onnx).model
+    assert _spins(exported._network) and not _spins(exported._encoder) and not _spins(exported._imputer)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
+    assert not _spins(load_onnx(model_onnx).model._network)
