@@ -44,6 +44,7 @@ import os
 import tempfile
 import warnings
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,13 @@ from torch import Tensor, nn
 from imputer_asr.config import ExperimentConfig, ModelConfig, config_from_dict, config_to_dict
 from imputer_asr.data.tokenizer import Tokenizer
 from imputer_asr.files import write_bytes_atomic
-from imputer_asr.model.conformer import ImputerModel, _apply_rotary, check_features, padding_mask
+from imputer_asr.model.conformer import (
+    ImputerModel,
+    _apply_rotary,
+    check_features,
+    padding_mask,
+    subsampled_lengths,
+)
 from imputer_asr.training.checkpoint import PackagedModel, load_packaged
 
 __all__ = [
@@ -333,9 +340,9 @@ class OnnxImputer(nn.Module):
     Inputs may lie on any device; the outputs come back there. Made by :func:`load_onnx`.
 
     Args:
-        encoder: the onnxruntime session of the acoustic encoder.
-        imputer: the onnxruntime session of the imputation.
-        network: the session of the two in one, fed an all-[MASK] alignment: ``forward`` without
+        encoder: the onnxruntime sessions of the acoustic encoder (:class:`_BatchSession`).
+        imputer: those of the imputation.
+        network: those of the two in one, fed an all-[MASK] alignment: ``forward`` without
             tokens, what CTC decoding calls, is one call of it.
         cfg: the model configuration the network was built with.
         precision: ``float32`` or ``int8``.
@@ -421,6 +428,92 @@ def _session(proto: Any, threads: int, *, spin: bool) -> Any:
     return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
+# What a thread of a session of 2 adds: 2 threads ran the demo's int8 network 1.58x as fast as 1
+# (0.79 each), its many small operators each waiting for both threads.
+THREAD_EFFICIENCY = 0.79
+
+
+def _row_groups(lengths: np.ndarray, parts: int) -> list[np.ndarray]:
+    """The rows of a batch in at most ``parts`` groups, longest rows first, each group contiguous in
+    that order, so that the largest group's padded frames (rows x its longest row) are fewest."""
+    order = np.argsort(-lengths, kind="stable")
+    ordered = lengths[order]
+
+    def groups(capacity: int) -> list[int] | None:  # group starts, or None if more than parts
+        starts, start = [0], 0
+        for i in range(1, len(ordered)):
+            if (i - start + 1) * ordered[start] > capacity:
+                starts.append(start := i)
+        return starts if len(starts) <= parts else None
+
+    low, high = int(ordered[0]), int(ordered[0]) * len(ordered)  # one row alone .. all in one
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (low, middle) if groups(middle) else (middle + 1, high)
+    starts = groups(low) + [len(ordered)]
+    return [order[a:b] for a, b in zip(starts, starts[1:], strict=False)]
+
+
+class _BatchSession:
+    """One graph run by onnxruntime over a batch whose rows the threads share.
+
+    A session of several threads splits every operator among them, and with many small operators
+    they mostly wait for each other. Where the batch's rows split into ``threads`` groups (by
+    length, each group cut to its own longest row) that are each small enough to beat the whole
+    batch on all the threads, each group runs on a thread of its own through a one-thread session,
+    at the same time; otherwise the batch runs whole on a session of ``threads`` threads. Outputs
+    come back in the batch's order and padded length (zero at padded frames).
+
+    Args:
+        proto: the graph; inputs and outputs of more than one axis have time as their second.
+        threads: the threads for a batch.
+        spin: whether the whole-batch session's idle threads spin (see :func:`_onnx_imputer`).
+        lengths: the name of the input that holds the rows' lengths along the time axis.
+        out_frames: the outputs' time axis for an input time axis of that many frames.
+    """
+
+    def __init__(self, proto: Any, threads: int, *, spin: bool, lengths: str, out_frames: Any) -> None:
+        self.threads = threads
+        self.whole = _session(proto, threads, spin=spin)
+        self.one = _session(proto, 1, spin=False) if threads > 1 else None
+        self._lengths = lengths
+        self._out_frames = out_frames
+        self._pool = None
+
+    def run(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        lengths = feeds[self._lengths]
+        time = next(value.shape[1] for value in feeds.values() if value.ndim > 1)
+        groups = _row_groups(lengths, self.threads) if self.one is not None and len(lengths) > 1 else []
+        largest = max((len(g) * int(lengths[g].max()) for g in groups), default=0)
+        if len(groups) < 2 or largest * self.threads * THREAD_EFFICIENCY >= len(lengths) * time:
+            return self.whole.run(outputs, feeds)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="onnxruntime-rows")
+        jobs = [self._pool.submit(self.one.run, outputs, self._cut(feeds, g)) for g in groups]
+        parts = [job.result() for job in jobs]
+        rows = np.concatenate(groups)
+        restore = np.empty_like(rows)
+        restore[rows] = np.arange(len(rows))
+        return [
+            self._join([part[i] for part in parts], self._out_frames(time))[restore]
+            for i in range(len(outputs))
+        ]
+
+    def _cut(self, feeds: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+        frames = int(feeds[self._lengths][rows].max())
+        return {
+            name: np.ascontiguousarray(value[rows, :frames] if value.ndim > 1 else value[rows])
+            for name, value in feeds.items()
+        }
+
+    @staticmethod
+    def _join(parts: list[np.ndarray], frames: int) -> np.ndarray:
+        if parts[0].ndim == 1:
+            return np.concatenate(parts)
+        padded = [np.pad(p, [(0, 0), (0, frames - p.shape[1])] + [(0, 0)] * (p.ndim - 2)) for p in parts]
+        return np.concatenate(padded)
+
+
 def _whole_network(proto: Any, mask_id: int) -> Any:
     """The export's graph as one network, features and their lengths -> log-probs and lengths: the
     imputation reads the encoder's output and an all-[MASK] alignment, as ``ImputerModel.forward``
@@ -473,10 +566,11 @@ def _onnx_imputer(
     # OMP_WAIT_POLICY=PASSIVE asks both not to: on idle cores the demo's int8 CTC network ran 1.2x
     # as fast spinning, beside two busy processes 1.6x as slow (RESULTS.md, Speed).
     spin = os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE"
+    acoustic = {"lengths": "feature_lengths", "out_frames": subsampled_lengths}
     return OnnxImputer(
-        _session(encoder, threads, spin=False),
-        _session(imputer, threads, spin=False),
-        _session(network, threads, spin=spin),
+        _BatchSession(encoder, threads, spin=False, **acoustic),
+        _BatchSession(imputer, threads, spin=False, lengths="hidden_lengths", out_frames=lambda t: t),
+        _BatchSession(network, threads, spin=spin, **acoustic),
         cfg,
         precision,
     )

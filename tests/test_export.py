@@ -10,6 +10,7 @@ stay close. Bad files are one error line naming them.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
 from pathlib import Path
@@ -27,7 +28,13 @@ from imputer_asr.config import ExperimentConfig, FeatureConfig  # noqa: E402
 from imputer_asr.data.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
 from imputer_asr.decoding.ctc import decode_cuts  # noqa: E402
 from imputer_asr.decoding.imputer import decode_cuts_imputer  # noqa: E402
-from imputer_asr.export import OnnxImputer, export_onnx, load_onnx, load_packaged_or_onnx  # noqa: E402
+from imputer_asr.export import (  # noqa: E402
+    OnnxImputer,
+    _row_groups,
+    export_onnx,
+    load_onnx,
+    load_packaged_or_onnx,
+)
 from imputer_asr.model.conformer import MIN_INPUT_FRAMES, ImputerModel, padding_mask  # noqa: E402
 from imputer_asr.training.checkpoint import load_packaged, package_model  # noqa: E402
 from imputer_asr.transcription.transcribe import TranscribeOptions, load_model  # noqa: E402
@@ -333,8 +340,12 @@ def test_without_onnxruntime_the_error_says_what_to_install(
 
 def test_sessions_use_the_threads_asked_for(model_onnx: Path) -> None:
     exported = load_onnx(model_onnx, threads=1).model
-    for session in (exported._encoder, exported._imputer, exported._network):
-        assert session.get_session_options().intra_op_num_threads == 1
+    for runner in (exported._encoder, exported._imputer, exported._network):
+        assert runner.whole.get_session_options().intra_op_num_threads == 1 and runner.one is None
+    exported = load_onnx(model_onnx, threads=3).model
+    for runner in (exported._encoder, exported._imputer, exported._network):
+        assert runner.whole.get_session_options().intra_op_num_threads == 3
+        assert runner.one.get_session_options().intra_op_num_threads == 1
 
 
 def _spins(session) -> bool:
@@ -345,7 +356,73 @@ def test_only_the_whole_network_spins_and_omp_wait_policy_passive_stops_it(
     model_onnx: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    exported = load_onnx(model_onnx).model
-    assert _spins(exported._network) and not _spins(exported._encoder) and not _spins(exported._imputer)
+    exported = load_onnx(model_onnx, threads=2).model
+    assert _spins(exported._network.whole)
+    assert not any(_spins(r.whole) for r in (exported._encoder, exported._imputer))
+    assert not any(_spins(r.one) for r in (exported._encoder, exported._imputer, exported._network))
     monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
-    assert not _spins(load_onnx(model_onnx).model._network)
+    assert not _spins(load_onnx(model_onnx, threads=2).model._network.whole)
+
+
+# --- a batch shared among threads ------------------------------------------------------------------
+
+
+def _best_contiguous_cost(ordered: list[int], parts: int) -> int:
+    """The fewest padded frames of the largest group over every split of ``ordered`` (longest
+    first) into at most ``parts`` contiguous groups: the brute-force oracle."""
+    best = len(ordered) * ordered[0]
+    for cuts in itertools.chain.from_iterable(
+        itertools.combinations(range(1, len(ordered)), k) for k in range(1, parts)
+    ):
+        bounds = [0, *cuts, len(ordered)]
+        best = min(best, max((b - a) * ordered[a] for a, b in zip(bounds, bounds[1:], strict=False)))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_row_groups_cover_the_batch_with_the_smallest_largest_group(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 50, size=int(rng.integers(1, 9)))
+    parts = int(rng.integers(1, 4))
+    groups = _row_groups(lengths, parts)
+    assert len(groups) <= parts
+    assert sorted(np.concatenate(groups).tolist()) == list(range(len(lengths)))
+    got = max(len(g) * int(lengths[g].max()) for g in groups)
+    assert got == _best_contiguous_cost(sorted(lengths.tolist(), reverse=True), parts)
+
+
+def _count_calls(runner, counts: dict[str, int]) -> None:
+    for name in ("whole", "one"):
+        session = getattr(runner, name)
+        run = session.run
+
+        def counted(*args, name=name, run=run):
+            counts[name] += 1
+            return run(*args)
+
+        session.run = counted
+
+
+def test_a_batch_shared_among_threads_gives_pytorchs_output(model_pt: Path, model_onnx: Path) -> None:
+    torch_model, exported = load_packaged(model_pt).model, load_onnx(model_onnx, threads=2).model
+    counts = {"whole": 0, "one": 0}
+    for runner in (exported._encoder, exported._imputer, exported._network):
+        _count_calls(runner, counts)
+    features, lengths = _random_batch(11, 6, 240, torch_model.cfg.input_dim)
+    lengths[1:] = torch.tensor([40, 230, 60, 120, 35])  # unsorted: the groups are not the rows' order
+    with torch.inference_mode():
+        hidden, hidden_lengths = torch_model.encode_acoustic(features, lengths)
+        valid = ~padding_mask(hidden_lengths, hidden.size(1))
+        tokens = torch.randint(0, torch_model.cfg.mask_id + 1, hidden.shape[:2], generator=torch.Generator())
+        got_hidden, got_lengths = exported.encode_acoustic(features, lengths)
+        assert got_hidden.shape == hidden.shape and torch.equal(got_lengths, hidden_lengths)
+        assert (got_hidden - hidden)[valid].abs().max() < TOLERANCE
+        got = exported.impute(hidden, hidden_lengths, tokens)
+        assert got.shape == (*hidden.shape[:2], torch_model.cfg.vocab_size)
+        assert (got - torch_model.impute(hidden, hidden_lengths, tokens))[valid].abs().max() < TOLERANCE
+        log_probs, out_lengths = exported(features, lengths)
+        assert log_probs.shape == got.shape and torch.equal(out_lengths, hidden_lengths)
+        assert (log_probs - torch_model(features, lengths)[0])[valid].abs().max() < TOLERANCE
+        assert counts == {"whole": 0, "one": 6}  # three calls, each two groups at once
+        exported(features[:1], lengths[:1])  # one row: the whole batch on both threads
+        assert counts == {"whole": 1, "one": 6}
