@@ -4,8 +4,9 @@ Seconds of audio trained per second of wall time say little across machines (the
 from one session to the next); divided by the fp32 matmul GFLOPS measured in the same run they say
 how much of the machine a training step uses. This times full updates (forward, CTC loss,
 backward, gradient clipping, AdamW) of a config's model on batches of random features held in
-memory, so data loading is not in the figure, in float32 and under the bfloat16 autocast of
-``train.bf16``, the two alternating so that machine load hits them alike.
+memory, so data loading is not in the figure, in float32, under the bfloat16 autocast of
+``train.bf16``, and in bf16 with each batch's rows shared among the threads (``train.share_batch``),
+the three alternating so that machine load hits them alike.
 
 A recipe's length-bucketed batches come in about 50 shapes, and oneDNN builds kernels for each. The
 second figure cycles bf16 updates through ``--shapes`` distinct batch shapes, once with oneDNN's
@@ -26,7 +27,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -34,6 +34,7 @@ import torch
 from imputer_asr.cli.runtime import ONEDNN_CACHE_CAPACITY
 from imputer_asr.config import ExperimentConfig, load_config
 from imputer_asr.model.conformer import ImputerModel
+from imputer_asr.training.distributed import Parallel, ParallelObjective
 from imputer_asr.training.loop import ctc_objective
 
 FRAMES_PER_SECOND = 100
@@ -50,7 +51,9 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10, help="timed updates per mode")
     parser.add_argument("--matmul-size", type=int, default=1536)
-    parser.add_argument("--shapes", type=int, default=64, help="distinct batch shapes of the cache figure")
+    parser.add_argument(
+        "--shapes", type=int, default=64, help="distinct batch shapes of the cache figure (0: none)"
+    )
     parser.add_argument("--cycle-shapes", action="store_true", help=argparse.SUPPRESS)  # a child process
     return parser.parse_args()
 
@@ -110,18 +113,23 @@ def _shaped_batches(count: int, max_duration: float, vocab: int, generator: torc
     return batches
 
 
-def _trainer(cfg: ExperimentConfig, vocab: int) -> tuple[ImputerModel, Callable[[dict, bool], None]]:
-    """A fresh model and its ``update(batch, bf16)``: forward, CTC loss, backward, clipping, AdamW."""
+def _trainer(cfg: ExperimentConfig, vocab: int) -> tuple[ImputerModel, Callable[[dict, bool, bool], None]]:
+    """A fresh model and its ``update(batch, bf16, shared)``: forward, CTC loss and backward as
+    training runs them (``ParallelObjective``; ``shared``: the batch's rows shared among the
+    threads, ``train.share_batch``), clipping, AdamW."""
     model_cfg = dataclasses.replace(cfg.model, vocab_size=vocab, mask_id=vocab)
     torch.manual_seed(cfg.train.seed)
     model = ImputerModel(model_cfg).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    runners = {
+        (bf16, shared): ParallelObjective(model, ctc_objective, Parallel(), bf16=bf16, share_batch=shared)
+        for bf16 in (False, True)
+        for shared in (False, True)
+    }
 
-    def update(batch: dict, bf16: bool) -> None:
+    def update(batch: dict, bf16: bool, shared: bool = False) -> None:
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
-            loss, tokens = ctc_objective(model, batch)
-        (loss / tokens).backward()
+        runners[bf16, shared].backward(batch, divisor=float(batch["target_lengths"].sum()))
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip, foreach=True)
         optimizer.step()
 
@@ -183,16 +191,16 @@ def main() -> None:
     bf16_gflops = matmul_gflops(torch.bfloat16, args.matmul_size)
     model, update = _trainer(cfg, args.vocab_size)
 
-    modes = {"fp32": False, "bf16": True}
+    modes = {"fp32": (False, False), "bf16": (True, False), "bf16, batch shared": (True, True)}
     rates: dict[str, list[float]] = {name: [] for name in modes}
-    for bf16 in modes.values():
+    for mode in modes.values():
         for batch in batches:  # warm-up: oneDNN builds its kernels for each shape
-            update(batch, bf16)
+            update(batch, *mode)
     for i in range(args.repeats):
         batch = batches[i % len(batches)]
-        for name, bf16 in modes.items():
+        for name, mode in modes.items():
             start = time.perf_counter()
-            update(batch, bf16)
+            update(batch, *mode)
             rates[name].append(audio[i % len(batches)] / (time.perf_counter() - start))
 
     print(
@@ -204,9 +212,11 @@ def main() -> None:
     for name in modes:
         rate = statistics.median(rates[name])
         print(
-            f"train {name}: {rate:6.1f} s of audio/s   / fp32 GFLOPS = {rate / fp32_gflops:.2f}   "
+            f"train {name + ':':19s} {rate:6.1f} s of audio/s   / fp32 GFLOPS = {rate / fp32_gflops:.2f}   "
             f"(x{rate / fp32_rate:.2f} fp32)"
         )
+    if args.shapes < 1:
+        return
     default, kept = _cache_rate(args, None), _cache_rate(args, ONEDNN_CACHE_CAPACITY)
     print(
         f"train bf16 over {args.shapes} batch shapes: oneDNN's default kernel cache {default:6.1f} s of "

@@ -140,6 +140,11 @@ class TrainConfig:
     with neither AVX512-BF16 nor AMX) trains in float32 instead, with a warning: there the
     emulation is slower than float32 (benchmarks/train_speed.py measures both).
 
+    ``share_batch`` splits each batch's rows among the ``num_threads`` threads, each group's forward
+    and backward on a thread of its own, where that keeps a run reproducible (one process on the
+    CPU, an objective that draws no random numbers, no dropout; see
+    :class:`~imputer_asr.training.distributed.ParallelObjective`).
+
     Scale-out: ``device`` "cuda" trains on GPU ``LOCAL_RANK`` (set by torchrun), and ``accum_grad``
     sums the gradients of that many batches into one update. ``steps_per_epoch`` and ``warmup_steps``
     count updates.
@@ -160,6 +165,7 @@ class TrainConfig:
     sort_first_epoch: bool = True
     device: str = "cpu"
     bf16: bool = False
+    share_batch: bool = True
     accum_grad: int = 1
     minutes_per_epoch: float = 0.0
     checkpoint_minutes: float = 1.0

@@ -135,3 +135,103 @@ def test_bf16_falls_back_to_float32_where_the_cpu_emulates_it(monkeypatch, caplo
         assert ("training in float32" in caplog.text) is not expected
     ParallelObjective(model, objective, Parallel(), bf16=False).backward({}, divisor=1.0)
     assert seen[-1] is False
+
+
+# --- one process, a batch shared among threads -----------------------------------------------------
+
+
+def _shared_setup(dropout: float = 0.0):
+    """A small model, a random batch of 5 utterances and the CTC objective, counted per thread."""
+    import threading
+
+    from imputer_asr.training.distributed import draws_no_random_numbers
+    from imputer_asr.training.loop import ctc_objective
+
+    cfg = ModelConfig(
+        vocab_size=7, mask_id=7, d_model=16, num_heads=2, ff_dim=32, num_layers=2, dropout=dropout
+    )
+    torch.manual_seed(0)
+    model = ImputerModel(cfg).train()
+    g = torch.Generator().manual_seed(1)
+    lengths = torch.tensor([96, 80, 64, 64, 40])
+    batch = {
+        "features": torch.randn(5, 96, cfg.input_dim, generator=g),
+        "feature_lengths": lengths,
+        "targets": torch.randint(1, 7, (5, 6), generator=g),
+        "target_lengths": torch.tensor([6, 5, 4, 3, 2]),
+        "durations": [0.96, 0.8, 0.64, 0.64, 0.4],
+        "unreadable": [],
+    }
+    calls: list[tuple[str, int, bool]] = []
+
+    @draws_no_random_numbers
+    def objective(model, part):
+        calls.append(
+            (threading.current_thread().name, len(part["feature_lengths"]), torch.is_autocast_enabled("cpu"))
+        )
+        return ctc_objective(model, part)
+
+    return model, batch, objective, calls
+
+
+def _grads(model) -> list[torch.Tensor]:
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
+def test_a_batch_shared_among_threads_gives_the_whole_batchs_gradient(monkeypatch):
+    from imputer_asr.training.distributed import Parallel, ParallelObjective
+
+    model, batch, objective, calls = _shared_setup()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # what the runner reads at construction
+    shared = ParallelObjective(model, objective, Parallel(), share_batch=True)
+    whole = ParallelObjective(model, objective, Parallel(), share_batch=False)
+    monkeypatch.undo()
+    assert shared.share_batch and not whole.share_batch
+    threads = torch.get_num_threads()
+    loss, tokens = shared.backward(batch, divisor=7.0)
+    assert torch.get_num_threads() == threads  # restored after the groups
+    assert sorted(size for _, size, _ in calls) == [2, 3] and all(
+        n.startswith("train-rows") for n, _, _ in calls
+    )
+    by_groups = _grads(model)
+    again = shared.backward(batch, divisor=7.0)
+    assert again == (loss, tokens)
+    assert all(torch.equal(a, b) for a, b in zip(by_groups, _grads(model), strict=True))  # the same bits
+    calls.clear()
+    whole_loss, whole_tokens = whole.backward(batch, divisor=7.0)
+    assert len(calls) == 1 and whole_tokens == tokens == 20
+    assert abs(whole_loss - loss) < 1e-3 * abs(whole_loss)
+    for a, b in zip(by_groups, _grads(model), strict=True):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_each_group_autocasts_where_the_runner_does(monkeypatch):
+    from imputer_asr.training.distributed import Parallel, ParallelObjective
+
+    model, batch, objective, calls = _shared_setup()
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    runner = ParallelObjective(model, objective, Parallel(), bf16=True, share_batch=True)
+    monkeypatch.undo()
+    runner.backward(batch, divisor=1.0)
+    assert len(calls) == 2 and all(autocast for _, _, autocast in calls)
+
+
+def test_a_batch_is_not_shared_where_a_run_would_not_repeat(monkeypatch):
+    from imputer_asr.training.distributed import Parallel, ParallelObjective
+    from imputer_asr.training.loop import ctc_objective
+
+    model, _, objective, _ = _shared_setup()
+    dropout_model, _, _, _ = _shared_setup(dropout=0.1)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert ParallelObjective(model, ctc_objective, Parallel(), share_batch=True).share_batch
+    assert not ParallelObjective(
+        model, lambda m, b: ctc_objective(m, b), Parallel(), share_batch=True
+    ).share_batch
+    assert not ParallelObjective(dropout_model, objective, Parallel(), share_batch=True).share_batch
+    monkeypatch.setattr("imputer_asr.training.distributed.DistributedDataParallel", lambda *a, **k: None)
+    assert not ParallelObjective(model, objective, Parallel(world_size=2), share_batch=True).share_batch
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert not ParallelObjective(model, objective, Parallel(), share_batch=True).share_batch

@@ -18,6 +18,7 @@ from imputer_asr.decoding.ctc import decode_cuts
 from imputer_asr.model.conformer import ImputerModel
 from imputer_asr.training import loop as train_module
 from imputer_asr.training.checkpoint import epoch_checkpoints, load_file
+from imputer_asr.training.distributed import ParallelObjective
 from imputer_asr.training.loop import _Clock, _JsonLog, ctc_objective, fit, train_one_epoch, validate
 
 
@@ -67,11 +68,23 @@ def test_resume_continues_exactly(tiny_corpus, model_cfg, cuts, tmp_path):
     assert all(torch.equal(final[k], state["model"][k]) for k in final)
 
 
-def test_resume_is_bitwise_identical_when_nothing_changes(tiny_corpus, model_cfg, cuts, tmp_path):
-    """Stopping after epoch 1 and resuming gives the same weights as never stopping."""
+@pytest.mark.parametrize("dropout", [0.1, 0.0], ids=["whole-batches", "batches-shared-by-2-threads"])
+def test_resume_is_bitwise_identical_when_nothing_changes(
+    tiny_corpus, model_cfg, cuts, tmp_path, monkeypatch, dropout
+):
+    """Stopping after epoch 1 and resuming gives the same weights as never stopping; without
+    dropout each batch is shared among the 2 threads (train.share_batch), with it not."""
+    shared = []
+    backward_shared = ParallelObjective._backward_shared
+
+    def counted(self, *args):
+        shared.append(len(args[0]["feature_lengths"]))
+        return backward_shared(self, *args)
+
+    monkeypatch.setattr(ParallelObjective, "_backward_shared", counted)
     tok = tiny_corpus.tokenizer
     train, dev = cuts
-    cfg = _config(model_cfg, 2)
+    cfg = _config(replace(model_cfg, dropout=dropout), 2)
     straight = fit(cfg, tmp_path / "a", train, dev, tok)
     fit(cfg, tmp_path / "b", train, dev, tok)
     (tmp_path / "b" / "epoch-2.pt").unlink()  # as if killed during epoch 2
@@ -79,6 +92,7 @@ def test_resume_is_bitwise_identical_when_nothing_changes(tiny_corpus, model_cfg
     resumed = fit(cfg, tmp_path / "b", train, dev, tok, resume=True)
     for name, value in straight.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[name]), name
+    assert bool(shared) == (dropout == 0.0)
 
 
 def test_refuses_to_overwrite_without_resume(tiny_corpus, model_cfg, cuts, tmp_path):

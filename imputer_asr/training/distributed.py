@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -34,7 +35,7 @@ from imputer_asr.config import TrainConfig
 from imputer_asr.model.conformer import ImputerModel
 from imputer_asr.model.precision import native_bf16
 
-__all__ = ["Parallel", "init_parallel", "ParallelObjective", "to_device"]
+__all__ = ["Parallel", "init_parallel", "ParallelObjective", "draws_no_random_numbers", "to_device"]
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,19 @@ class _ObjectiveModule(nn.Module):
         return self.objective(self.model, batch)
 
 
+def _rows(batch: dict, rows: slice) -> dict:
+    """The batch's ``rows``: its tensors and per-utterance lists sliced (views, not copies: copying
+    the features cost a tenth of a shared update's speed), the rest left out."""
+    size = len(batch["feature_lengths"])
+
+    def per_utterance(value) -> bool:
+        if isinstance(value, Tensor):
+            return value.dim() > 0 and len(value) == size
+        return isinstance(value, list) and len(value) == size
+
+    return {key: value[rows] for key, value in batch.items() if per_utterance(value)}
+
+
 def to_device(batch: dict, device: torch.device) -> dict:
     """The batch with its tensors on ``device`` (the same dict on the CPU)."""
     if device.type == "cpu":
@@ -138,18 +152,49 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
 
+def draws_no_random_numbers(objective: Callable) -> Callable:
+    """Mark ``objective`` as drawing no random numbers of its own, so that a batch may be shared
+    among threads (:class:`ParallelObjective`) without making the run irreproducible."""
+    objective.draws_no_random_numbers = True
+    return objective
+
+
 class ParallelObjective:
     """Forward and backward of one batch on this rank, through DDP when there are several ranks.
 
     The model's parameters are the ones the optimiser updates (DDP wraps, never copies, them).
+
+    ``share_batch``: in one process on the CPU with several torch threads, the batch's rows are
+    split into two halves whose forward and backward passes run at the same time, each on half the
+    threads, instead of every operation of the whole batch on all of them, which mostly wait for
+    each other on a small model's many small operations (RESULTS.md, Speed). The gradient is the
+    sum of the same per-utterance terms. Only for an objective marked
+    :func:`draws_no_random_numbers` and a model without dropout: random numbers drawn from two
+    threads at once would come in any order, and a seeded run would not repeat. The halves keep
+    the batch's padded length, so that they come in few shapes (oneDNN builds kernels for each).
     """
 
     def __init__(
-        self, model: ImputerModel, objective: Callable, parallel: Parallel, bf16: bool = False
+        self,
+        model: ImputerModel,
+        objective: Callable,
+        parallel: Parallel,
+        bf16: bool = False,
+        share_batch: bool = False,
     ) -> None:
         self.model = model
         self.objective = objective
         self.parallel = parallel
+        self.threads = torch.get_num_threads()
+        self.share_batch = (
+            share_batch
+            and self.threads > 1
+            and parallel.world_size == 1
+            and parallel.device.type == "cpu"
+            and getattr(objective, "draws_no_random_numbers", False)
+            and model.cfg.dropout == 0.0
+        )
+        self._pool: ThreadPoolExecutor | None = None
         self.bf16 = bf16 and native_bf16(parallel.device)
         if bf16 and not self.bf16:
             log.warning(
@@ -169,15 +214,42 @@ class ParallelObjective:
         ``sync`` False (all but the last accumulated batch) skips DDP's gradient all-reduce.
         """
         batch = to_device(batch, self.parallel.device)
+        if self.share_batch and len(batch["feature_lengths"]) > 1:
+            return self._backward_shared(batch, divisor)
         sync_context = nullcontext() if sync or self.ddp is None else self.ddp.no_sync()
-        autocast = (
-            torch.autocast(self.parallel.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
-        )
         with sync_context:
-            with autocast:
+            with self._autocast():
                 if self.ddp is None:
                     loss_sum, num_tokens = self.objective(self.model, batch)
                 else:
                     loss_sum, num_tokens = self.ddp(batch)
             (loss_sum / divisor).backward()
         return float(loss_sum.detach()), num_tokens
+
+    def _autocast(self):
+        if not self.bf16:
+            return nullcontext()
+        return torch.autocast(self.parallel.device.type, dtype=torch.bfloat16)
+
+    def _backward_shared(self, batch: dict, divisor: float) -> tuple[float, int]:
+        """:meth:`backward` with the batch's rows in two halves, each on half the threads, at once
+        (``share_batch``). Two halves' gradients add up to the same bits in either order; more
+        groups would not."""
+        threads = max(1, self.threads // 2)
+
+        def half(rows: slice) -> tuple[float, int]:
+            torch.set_num_threads(threads)  # this thread's operations; the caller restores the count
+            with self._autocast():  # autocast is per thread
+                loss_sum, num_tokens = self.objective(self.model, _rows(batch, rows))
+            (loss_sum / divisor).backward()
+            return float(loss_sum.detach()), num_tokens
+
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(2, thread_name_prefix="train-rows")
+        size = len(batch["feature_lengths"])
+        halves = (slice(0, (size + 1) // 2), slice((size + 1) // 2, size))
+        try:
+            parts = [job.result() for job in [self._pool.submit(half, rows) for rows in halves]]
+        finally:
+            torch.set_num_threads(self.threads)
+        return sum(loss for loss, _ in parts), sum(tokens for _, tokens in parts)

@@ -37,7 +37,13 @@ from imputer_asr.files import torch_save_atomic
 from imputer_asr.model.conformer import ImputerModel
 from imputer_asr.model.losses import ctc_loss
 from imputer_asr.training.checkpoint import epoch_checkpoints, load_file, step_checkpoints
-from imputer_asr.training.distributed import Parallel, ParallelObjective, init_parallel, to_device
+from imputer_asr.training.distributed import (
+    Parallel,
+    ParallelObjective,
+    draws_no_random_numbers,
+    init_parallel,
+    to_device,
+)
 
 __all__ = ["Objective", "ctc_objective", "lr_at", "train_one_epoch", "validate", "fit"]
 
@@ -47,6 +53,7 @@ Objective = Callable[[ImputerModel, dict], tuple[Tensor, int]]
 """(model, batch) -> (summed loss over the batch, number of target tokens)."""
 
 
+@draws_no_random_numbers
 def ctc_objective(model: ImputerModel, batch: dict) -> tuple[Tensor, int]:
     """CTC loss of the all-[MASK] network, mixed with intermediate CTC when the model's
     ``interctc_layer`` is set (see :class:`~imputer_asr.config.ModelConfig`)."""
@@ -516,7 +523,9 @@ def fit(
             model.parameters(), lr=cfg.train.peak_lr, weight_decay=cfg.train.weight_decay, fused=True
         )
         clock = _restore(exp_dir, model, optimizer, resume)
-        runner = ParallelObjective(model, objective, parallel, bf16=cfg.train.bf16)
+        runner = ParallelObjective(
+            model, objective, parallel, bf16=cfg.train.bf16, share_batch=cfg.train.share_batch
+        )
         _train_epochs(
             cfg,
             exp_dir,
