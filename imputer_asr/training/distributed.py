@@ -133,8 +133,8 @@ class _ObjectiveModule(nn.Module):
 
 
 def _rows(batch: dict, rows: slice) -> dict:
-    """The batch's ``rows``: its tensors and per-utterance lists sliced (views, not copies: copying
-    the features cost a tenth of a shared update's speed), the rest left out."""
+    """The batch's ``rows``: its tensors and per-utterance lists sliced (views: copied, the halves
+    of a shared update lost their gain), the rest left out."""
     size = len(batch["feature_lengths"])
 
     def per_utterance(value) -> bool:
