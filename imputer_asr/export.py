@@ -361,12 +361,7 @@ class OnnxImputer(nn.Module):
 
     def encode_acoustic(self, features: Tensor, feature_lengths: Tensor) -> tuple[Tensor, Tensor]:
         """(N, T, F), (N,) -> acoustic states (N, T', d), encoder lengths (N,)."""
-        check_features(features, feature_lengths, self.cfg.input_dim)
-        feeds = {
-            "features": _array(features, np.float32),
-            "feature_lengths": _array(feature_lengths, np.int64),
-        }
-        encoded, lengths = self._encoder.run(_ENCODER_OUTPUTS, feeds)
+        encoded, lengths = self._encoder.run(_ENCODER_OUTPUTS, self._feature_feeds(features, feature_lengths))
         return _tensor(encoded, features.device), _tensor(lengths, features.device)
 
     def impute(self, hidden: Tensor, lengths: Tensor, tokens: Tensor, frames: Tensor | None = None) -> Tensor:
@@ -388,13 +383,17 @@ class OnnxImputer(nn.Module):
         """As ``ImputerModel.forward``: without ``tokens`` one call of the whole network."""
         if tokens is not None:
             return ImputerModel.forward(self, features, feature_lengths, tokens)
+        feeds = self._feature_feeds(features, feature_lengths)
+        log_probs, lengths = self._network.run(_IMPUTER_OUTPUTS + _ENCODER_OUTPUTS[1:], feeds)
+        return _tensor(log_probs, features.device), _tensor(lengths, features.device)
+
+    def _feature_feeds(self, features: Tensor, feature_lengths: Tensor) -> dict[str, np.ndarray]:
+        """The inputs of the encoder and of the whole network, checked as ``ImputerModel`` checks them."""
         check_features(features, feature_lengths, self.cfg.input_dim)
-        feeds = {
+        return {
             "features": _array(features, np.float32),
             "feature_lengths": _array(feature_lengths, np.int64),
         }
-        log_probs, lengths = self._network.run(_IMPUTER_OUTPUTS + _ENCODER_OUTPUTS[1:], feeds)
-        return _tensor(log_probs, features.device), _tensor(lengths, features.device)
 
     # What only composes the two halves is ImputerModel's own code, so the two cannot drift apart.
     all_mask = ImputerModel.all_mask
