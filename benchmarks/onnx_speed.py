@@ -87,8 +87,11 @@ def _references(files: list[str]) -> dict[str, str]:
     return refs
 
 
-def _batches(packaged: PackagedModel, files: list[str], batch_seconds: float) -> tuple[list[Batch], float]:
-    """Fbank features of ``files`` in padded batches (longest first), and the seconds of audio."""
+def _batches(
+    packaged: PackagedModel, files: list[str], batch_seconds: float
+) -> tuple[list[Batch], float, list[int]]:
+    """Fbank features of ``files`` in padded batches (longest first), the seconds of audio, and the
+    files' indices in the batches' order (to put references beside the outputs)."""
     features_cfg = packaged.config.features
     extractor = fbank_extractor(features_cfg)
     feats = []
@@ -96,10 +99,10 @@ def _batches(packaged: PackagedModel, files: list[str], batch_seconds: float) ->
         source = open_audio(path)
         samples = source.read(0, source.num_samples, features_cfg.sample_rate)
         feats.append(torch.from_numpy(extractor.extract(samples, features_cfg.sample_rate)))
-    feats.sort(key=len, reverse=True)
+    order = sorted(range(len(feats)), key=lambda i: -len(feats[i]))
     frames_per_batch = batch_seconds / features_cfg.frame_shift
     batches, current = [], []
-    for f in feats:
+    for f in (feats[i] for i in order):
         if current and (len(current) + 1) * len(current[0]) > frames_per_batch:
             batches.append(current)
             current = []
@@ -107,7 +110,7 @@ def _batches(packaged: PackagedModel, files: list[str], batch_seconds: float) ->
     batches.append(current)
     seconds = sum(len(f) for f in feats) * features_cfg.frame_shift
     padded = [(pad_sequence(b, batch_first=True), torch.tensor([len(f) for f in b])) for b in batches]
-    return padded, seconds
+    return padded, seconds, order
 
 
 def _network_seconds(model: torch.nn.Module, decoder: Callable, batches: list[Batch]) -> float:
@@ -175,7 +178,7 @@ def _report(args, paths, files: list[str], refs: dict[str, str], steps: int) -> 
     packaged = paths["pytorch fp32"]
     every = {"ctc": CTCGreedyDecoder(packaged.tokenizer.blank_id), "imputer": KStepDecoder(steps)}
     decoders = {name: every[name] for name in args.decoders}
-    batches, audio = _batches(packaged, files, args.batch_seconds)
+    batches, audio, _ = _batches(packaged, files, args.batch_seconds)
     print(
         f"{len(files)} files, {audio:.1f} s of audio, {args.threads} threads, {len(batches)} batches "
         f"of <= {args.batch_seconds:.0f} s, network: median of {args.repeats} passes"

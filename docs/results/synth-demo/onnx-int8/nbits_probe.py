@@ -49,7 +49,7 @@ models = {"torch fp32": pk.model.eval()}
 for name, path in exports.items():
     models[name] = E._onnx_imputer(onnx.load(path), pk.config.model, "int8", path, threads=2)
 decoder = CTCGreedyDecoder(pk.tokenizer.blank_id)
-batches, _ = _batches(pk, sorted(find_audio([sys.argv[2]])), 120)
+batches, _, _ = _batches(pk, sorted(find_audio([sys.argv[2]])), 120)
 
 
 def run(model):

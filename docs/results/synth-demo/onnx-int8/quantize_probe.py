@@ -17,8 +17,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 import imputer_asr.export as E
-from imputer_asr.data.audio import find_audio, open_audio
-from imputer_asr.data.prepare import fbank_extractor
+from imputer_asr.data.audio import find_audio
 from imputer_asr.decoding.ctc import CTCGreedyDecoder
 from imputer_asr.export import export_onnx, load_onnx
 from imputer_asr.training.checkpoint import load_packaged
@@ -31,7 +30,7 @@ model_pt, part_dir = sys.argv[1], sys.argv[2]
 files = sorted(find_audio([part_dir]))
 refs = _references(files)
 pk = load_packaged(model_pt)
-batches, audio = _batches(pk, files, 120)
+batches, audio, order = _batches(pk, files, 120)
 dec = CTCGreedyDecoder(pk.tokenizer.blank_id)
 
 
@@ -86,16 +85,7 @@ for _ in range(3):
         s, outs = run(p.model)
         times[k].append(s)
         texts[k] = outs
-# The references in the batches' order: _batches sorts the files by fbank frames, longest first
-# (stable), and does not say which file is where, so the frames are counted again here.
-fc = pk.config.features
-ex = fbank_extractor(fc)
-lens = []
-for f in files:
-    src = open_audio(f)
-    lens.append(len(ex.extract(src.read(0, src.num_samples, fc.sample_rate), fc.sample_rate)))
-order = sorted(range(len(files)), key=lambda i: -lens[i])
-R = [refs[files[i]] for i in order]
+R = [refs[files[i]] for i in order]  # in the batches' order
 base = statistics.median(times["torch"])
 for k in paths:
     hyp = [pk.tokenizer.decode(o) for o in texts[k]]

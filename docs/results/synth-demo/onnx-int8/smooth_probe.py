@@ -15,8 +15,7 @@ import tempfile
 
 import torch
 
-from imputer_asr.data.audio import find_audio, open_audio
-from imputer_asr.data.prepare import fbank_extractor
+from imputer_asr.data.audio import find_audio
 from imputer_asr.decoding.ctc import CTCGreedyDecoder
 from imputer_asr.export import export_onnx, load_onnx
 from imputer_asr.model.conformer import padding_mask
@@ -29,8 +28,8 @@ torch.set_num_threads(2)
 pk = load_packaged(sys.argv[1])
 model = pk.model.eval()
 dev_files = sorted(find_audio([sys.argv[3]]))
-calib, _ = _batches(pk, sorted(find_audio([sys.argv[2]]))[:100], 120)
-dev, _ = _batches(pk, dev_files, 120)
+calib, _, _ = _batches(pk, sorted(find_audio([sys.argv[2]]))[:100], 120)
+dev, _, dev_order = _batches(pk, dev_files, 120)
 
 
 def pairs(m):
@@ -85,15 +84,8 @@ def run(m):
     return outputs, log_probs
 
 
-# The references in the batches' order: _batches sorts the files by fbank frames, longest first.
-fc = pk.config.features
-extractor = fbank_extractor(fc)
-frames = []
-for path in dev_files:
-    source = open_audio(path)
-    frames.append(len(extractor.extract(source.read(0, source.num_samples, fc.sample_rate), fc.sample_rate)))
 refs = _references(dev_files)
-references = [refs[dev_files[i]] for i in sorted(range(len(dev_files)), key=lambda i: -frames[i])]
+references = [refs[dev_files[i]] for i in dev_order]  # in the batches' order
 reference_outputs, reference_log_probs = run(model)
 wer = _wer(references, [pk.tokenizer.decode(o) for o in reference_outputs])
 print(f"torch fp32        WER {wer:6.2f}", flush=True)

@@ -37,7 +37,7 @@ torch.set_num_threads(2)
 logging.getLogger().setLevel(logging.WARNING)
 pk = load_packaged(sys.argv[1])
 dev = sorted(find_audio([sys.argv[2]]))
-calib, _ = _batches(pk, dev[:60], 30)
+calib, _, _ = _batches(pk, dev[:60], 30)
 export_onnx(pk, f"{work}/s-fp32.onnx")
 quant_pre_process(f"{work}/s-fp32.onnx", f"{work}/s-prep.onnx", skip_symbolic_shape=True)
 proto = onnx.load(f"{work}/s-prep.onnx")
@@ -89,7 +89,7 @@ paths = {
 }
 export_onnx(pk, f"{work}/d-int8.onnx", int8=True)
 paths["dyn"] = load_onnx(f"{work}/d-int8.onnx", threads=2).model
-batches, audio = _batches(pk, dev, 120)
+batches, audio, _ = _batches(pk, dev, 120)
 dec = CTCGreedyDecoder(pk.tokenizer.blank_id)
 
 
