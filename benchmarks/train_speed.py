@@ -13,8 +13,13 @@ second figure cycles bf16 updates through ``--shapes`` distinct batch shapes, on
 default kernel cache and once with the one the command line keeps (``keep_cpu_kernels``), each in
 a process of its own (the cache's size is read once per process).
 
+``--objective imputer`` times the Imputer objective of the config's ``imputer`` section instead
+(the demo's: learner roll-in, the model's own greedy alignments, the CTC term), the stored
+alignments being forced alignments under the fresh model.
+
     python benchmarks/train_speed.py                                    # the demo CTC config
     python benchmarks/train_speed.py --config recipes/synth/conf/ctc-full.json --threads 2
+    python benchmarks/train_speed.py --config recipes/synth/conf/imputer.json --objective imputer --shapes 0
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ from imputer_asr.cli.runtime import ONEDNN_CACHE_CAPACITY
 from imputer_asr.config import ExperimentConfig, load_config
 from imputer_asr.model.conformer import ImputerModel
 from imputer_asr.training.distributed import Parallel, ParallelObjective
-from imputer_asr.training.loop import ctc_objective
+from imputer_asr.training.imputer import imputer_objective, learner_alignment
+from imputer_asr.training.loop import Objective, ctc_objective
 
 FRAMES_PER_SECOND = 100
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "recipes" / "synth" / "conf" / "ctc.json"
@@ -53,6 +59,9 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--matmul-size", type=int, default=1536)
     parser.add_argument(
         "--shapes", type=int, default=64, help="distinct batch shapes of the cache figure (0: none)"
+    )
+    parser.add_argument(
+        "--objective", choices=("ctc", "imputer"), default="ctc", help="the objective of the updates"
     )
     parser.add_argument("--cycle-shapes", action="store_true", help=argparse.SUPPRESS)  # a child process
     return parser.parse_args()
@@ -113,16 +122,40 @@ def _shaped_batches(count: int, max_duration: float, vocab: int, generator: torc
     return batches
 
 
-def _trainer(cfg: ExperimentConfig, vocab: int) -> tuple[ImputerModel, Callable[[dict, bool, bool], None]]:
-    """A fresh model and its ``update(batch, bf16, shared)``: forward, CTC loss and backward as
-    training runs them (``ParallelObjective``; ``shared``: the batch's rows shared among the
-    threads, ``train.share_batch``), clipping, AdamW."""
+def _objective(cfg: ExperimentConfig, name: str) -> Objective:
+    if name == "ctc":
+        return ctc_objective
+    imp = cfg.imputer
+    return imputer_objective(
+        imp.block_size, imp.ctc_weight, imp.learner_fraction, imp.score_observed, imp.greedy_fraction
+    )
+
+
+def _with_alignments(model: ImputerModel, batches: list[dict]) -> list[dict]:
+    """The batches with stored alignments for the Imputer objective: forced alignments under ``model``."""
+    return [
+        {
+            **b,
+            "alignments": learner_alignment(
+                model, b["features"], b["feature_lengths"], b["targets"], b["target_lengths"]
+            ),
+        }
+        for b in batches
+    ]
+
+
+def _trainer(
+    cfg: ExperimentConfig, vocab: int, objective: Objective = ctc_objective
+) -> tuple[ImputerModel, Callable[[dict, bool, bool], None]]:
+    """A fresh model and its ``update(batch, bf16, shared)``: forward, loss and backward of
+    ``objective`` as training runs them (``ParallelObjective``; ``shared``: the batch's rows shared
+    among the threads, ``train.share_batch``), clipping, AdamW."""
     model_cfg = dataclasses.replace(cfg.model, vocab_size=vocab, mask_id=vocab)
     torch.manual_seed(cfg.train.seed)
     model = ImputerModel(model_cfg).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     runners = {
-        (bf16, shared): ParallelObjective(model, ctc_objective, Parallel(), bf16=bf16, share_batch=shared)
+        (bf16, shared): ParallelObjective(model, objective, Parallel(), bf16=bf16, share_batch=shared)
         for bf16 in (False, True)
         for shared in (False, True)
     }
@@ -189,7 +222,9 @@ def main() -> None:
 
     fp32_gflops = matmul_gflops(torch.float32, args.matmul_size)
     bf16_gflops = matmul_gflops(torch.bfloat16, args.matmul_size)
-    model, update = _trainer(cfg, args.vocab_size)
+    model, update = _trainer(cfg, args.vocab_size, _objective(cfg, args.objective))
+    if args.objective == "imputer":
+        batches = _with_alignments(model, batches)
 
     modes = {"fp32": (False, False), "bf16": (True, False), "bf16, batch shared": (True, True)}
     rates: dict[str, list[float]] = {name: [] for name in modes}
@@ -204,8 +239,9 @@ def main() -> None:
             rates[name].append(audio[i % len(batches)] / (time.perf_counter() - start))
 
     print(
-        f"{args.config.name}: {model.num_parameters() / 1e6:.2f} M parameters, batches of "
-        f"{cfg.data.max_duration:.0f} s, {args.threads} threads, median of {args.repeats} updates per mode"
+        f"{args.config.name}, {args.objective} objective: {model.num_parameters() / 1e6:.2f} M parameters, "
+        f"batches of {cfg.data.max_duration:.0f} s, {args.threads} threads, "
+        f"median of {args.repeats} updates per mode"
     )
     print(f"matmul {args.matmul_size}^2: fp32 {fp32_gflops:7.1f} GFLOPS, bf16 {bf16_gflops:7.1f} GFLOPS")
     fp32_rate = statistics.median(rates["fp32"])

@@ -140,10 +140,10 @@ class TrainConfig:
     with neither AVX512-BF16 nor AMX) trains in float32 instead, with a warning: there the
     emulation is slower than float32 (benchmarks/train_speed.py measures both).
 
-    ``share_batch`` splits each batch's rows among the ``num_threads`` threads, each group's forward
-    and backward on a thread of its own, where that keeps a run reproducible (one process on the
-    CPU, an objective that draws no random numbers, no dropout; see
-    :class:`~imputer_asr.training.distributed.ParallelObjective`).
+    ``share_batch`` splits each batch's rows in two halves whose forward and backward passes run at
+    once, each on half the ``num_threads`` threads, where that keeps a run reproducible (one process
+    on the CPU, an objective that draws its random numbers before it computes, as the CTC and
+    Imputer objectives do, no dropout; see :class:`~imputer_asr.training.distributed.ParallelObjective`).
 
     Scale-out: ``device`` "cuda" trains on GPU ``LOCAL_RANK`` (set by torchrun), and ``accum_grad``
     sums the gradients of that many batches into one update. ``steps_per_epoch`` and ``warmup_steps``

@@ -207,6 +207,44 @@ def test_a_batch_shared_among_threads_gives_the_whole_batchs_gradient(monkeypatc
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
 
 
+def test_the_imputer_objective_shares_a_batch_with_the_whole_batchs_draws(monkeypatch):
+    """The demo's Imputer objective (learner roll-in, own greedy alignments, CTC term) draws its
+    random numbers for the whole batch before the rows are shared: the shared gradient is the
+    whole batch's, a seeded run repeats it bit for bit, and the roll-in's switch to eval mode does
+    not outlive the update."""
+    from imputer_asr.training.distributed import Parallel, ParallelObjective
+    from imputer_asr.training.imputer import imputer_objective, learner_alignment
+
+    model, batch, _, _ = _shared_setup()
+    alignments = learner_alignment(
+        model, batch["features"], batch["feature_lengths"], batch["targets"], batch["target_lengths"]
+    )
+    batch = {**batch, "alignments": alignments}
+    objective = imputer_objective(block_size=4, ctc_weight=0.5, learner_fraction=0.5, greedy_fraction=0.5)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    shared = ParallelObjective(model, objective, Parallel(), share_batch=True)
+    whole = ParallelObjective(model, objective, Parallel(), share_batch=False)
+    monkeypatch.undo()
+    assert shared.share_batch
+
+    def run(runner, seed):
+        torch.manual_seed(seed)
+        loss, tokens = runner.backward(batch, divisor=7.0)
+        return loss, tokens, _grads(model)
+
+    loss, tokens, by_halves = run(shared, 4)
+    assert model.training
+    again = run(shared, 4)
+    assert again[:2] == (loss, tokens)
+    assert all(torch.equal(a, b) for a, b in zip(by_halves, again[2], strict=True))
+    whole_loss, whole_tokens, by_batch = run(whole, 4)
+    assert whole_tokens == tokens and abs(whole_loss - loss) < 1e-3 * abs(whole_loss)
+    for a, b in zip(by_halves, by_batch, strict=True):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    other_loss, _, _ = run(whole, 5)  # the draws matter: other masks, another loss
+    assert abs(other_loss - whole_loss) > 1e-3 * abs(whole_loss)
+
+
 def test_each_group_autocasts_where_the_runner_does(monkeypatch):
     from imputer_asr.training.distributed import Parallel, ParallelObjective
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from imputer_asr.training.masking import block_mask
+from imputer_asr.training.masking import block_mask, mask_draws
 
 MASK = 99
 
@@ -91,6 +91,19 @@ def test_seeded_generator_is_deterministic() -> None:
     other = block_mask(alignment, lengths, mask_id=MASK, generator=torch.Generator().manual_seed(6))
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
     assert not torch.equal(first[1], other[1])
+
+
+def test_rows_masked_apart_with_the_batchs_draws_get_the_batchs_masks() -> None:
+    """What a shared batch relies on: the numbers drawn for the whole batch, split with its rows,
+    mask each row as the whole batch's own draw does."""
+    alignment, lengths = _alignment(5, 33), torch.tensor([33, 30, 17, 8, 2])
+    whole = block_mask(alignment, lengths, 4, mask_id=MASK, generator=torch.Generator().manual_seed(3))
+    k, noise = mask_draws(5, 33, 4, torch.Generator().manual_seed(3))
+    for rows in (slice(0, 3), slice(3, 5)):
+        part = block_mask(alignment[rows], lengths[rows], 4, mask_id=MASK, draws=(k[rows], noise[rows]))
+        assert torch.equal(part[0], whole[0][rows]) and torch.equal(part[1], whole[1][rows])
+    with pytest.raises(ValueError, match="draws must be shaped"):
+        block_mask(alignment, lengths, 4, mask_id=MASK, draws=(k, noise[:, :32]))
 
 
 @pytest.mark.parametrize(

@@ -169,9 +169,12 @@ class ParallelObjective:
     threads, instead of every operation of the whole batch on all of them, which mostly wait for
     each other on a small model's many small operations (RESULTS.md, Speed). The gradient is the
     sum of the same per-utterance terms. Only for an objective marked
-    :func:`draws_no_random_numbers` and a model without dropout: random numbers drawn from two
-    threads at once would come in any order, and a seeded run would not repeat. The halves keep
-    the batch's padded length, so that they come in few shapes (oneDNN builds kernels for each).
+    :func:`draws_no_random_numbers`, or one whose ``draw(batch)`` gives every random number it
+    would draw, per utterance (:func:`~imputer_asr.training.imputer.imputer_objective`; they are
+    drawn for the whole batch and shared out with its rows), and a model without dropout: random
+    numbers drawn from two threads at once would come in any order, and a seeded run would not
+    repeat. The halves keep the batch's padded length, so that they come in few shapes (oneDNN
+    builds kernels for each).
     """
 
     def __init__(
@@ -191,7 +194,7 @@ class ParallelObjective:
             and self.threads > 1
             and parallel.world_size == 1
             and parallel.device.type == "cpu"
-            and getattr(objective, "draws_no_random_numbers", False)
+            and (getattr(objective, "draws_no_random_numbers", False) or hasattr(objective, "draw"))
             and model.cfg.dropout == 0.0
         )
         self._pool: ThreadPoolExecutor | None = None
@@ -236,6 +239,12 @@ class ParallelObjective:
         (``share_batch``). Two halves' gradients add up to the same bits in either order; more
         groups would not."""
         threads = max(1, self.threads // 2)
+        if hasattr(self.objective, "draw"):
+            batch = {**batch, **self.objective.draw(batch)}
+        # An objective may switch the model to eval mode for a pass of its own (the Imputer's
+        # learner roll-in): from two threads the last to switch back may restore the other's eval
+        # mode. Without dropout the mode changes nothing the halves compute; it is put back here.
+        training = self.model.training
 
         def half(rows: slice) -> tuple[float, int]:
             torch.set_num_threads(threads)  # this thread's operations; the caller restores the count
@@ -252,4 +261,5 @@ class ParallelObjective:
             parts = [job.result() for job in [self._pool.submit(half, rows) for rows in halves]]
         finally:
             torch.set_num_threads(self.threads)
+            self.model.train(training)
         return sum(loss for loss, _ in parts), sum(tokens for _, tokens in parts)

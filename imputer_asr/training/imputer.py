@@ -50,7 +50,7 @@ from imputer_asr.model.alignment import forced_align, min_alignment_length
 from imputer_asr.model.conformer import ImputerModel, subsampled_lengths
 from imputer_asr.model.losses import ctc_loss, imputer_loss
 from imputer_asr.training.loop import Objective
-from imputer_asr.training.masking import block_mask
+from imputer_asr.training.masking import block_mask, mask_draws
 
 __all__ = [
     "imputer_objective",
@@ -95,7 +95,10 @@ def imputer_objective(
         generator: randomness of the masks and of the roll-in choice (default: torch's global one).
 
     Returns:
-        ``(model, batch) -> (summed loss, number of target tokens)``.
+        ``(model, batch) -> (summed loss, number of target tokens)``. Its ``draw(batch)`` gives the
+        random numbers a call would draw, per utterance; a batch that carries them (as
+        :class:`~imputer_asr.training.distributed.ParallelObjective` adds them before it shares the
+        batch's rows among threads) is scored with them.
 
     Raises (when called):
         ValueError: when a stored alignment's length differs from the model's output length.
@@ -109,13 +112,30 @@ def imputer_objective(
     if not 0.0 <= greedy_fraction <= 1.0:
         raise ValueError(f"greedy_fraction must be in [0, 1], got {greedy_fraction}")
 
+    def draw(batch: dict) -> dict[str, Tensor]:
+        """The objective's random numbers for ``batch``, a row per utterance, all drawn before any
+        is used: the batch's rows may then be scored apart (``train.share_batch``) with the choices
+        and masks of the whole batch, and a seeded run repeats."""
+        features = batch["features"]
+        n = features.size(0)
+        device = generator.device if generator is not None else features.device
+        draws = {}
+        if "alignments" in batch:
+            draws["draw_learner"] = torch.rand(n, generator=generator, device=device)
+        if greedy_fraction > 0:
+            draws["draw_greedy"] = torch.rand(n, generator=generator, device=device)
+        frames = subsampled_lengths(features.size(1))
+        draws["draw_mask_k"], draws["draw_mask_noise"] = mask_draws(n, frames, block_size, generator, device)
+        return {key: value.to(features.device) for key, value in draws.items()}
+
     def objective(model: ImputerModel, batch: dict) -> tuple[Tensor, int]:
+        if "draw_mask_k" not in batch:
+            batch = {**batch, **draw(batch)}
         features, feature_lengths = batch["features"], batch["feature_lengths"]
         targets, target_lengths = batch["targets"], batch["target_lengths"]
         n = features.size(0)
-        device = generator.device if generator is not None else features.device
         if "alignments" in batch:
-            learner = torch.rand(n, generator=generator, device=device).to(features.device) < learner_fraction
+            learner = batch["draw_learner"] < learner_fraction
         else:
             learner = torch.ones(n, dtype=torch.bool, device=features.device)
         own = None
@@ -135,11 +155,12 @@ def imputer_objective(
             ctc_log_probs = model.impute(hidden, lengths, model.all_mask(hidden))
         greedy = torch.zeros(n, dtype=torch.bool, device=hidden.device)
         if greedy_fraction > 0:
-            greedy = torch.rand(n, generator=generator, device=device).to(hidden.device) < greedy_fraction
+            greedy = batch["draw_greedy"].to(hidden.device) < greedy_fraction
             own_greedy = ctc_log_probs.detach().argmax(-1).masked_fill(alignment < 0, -1)
             alignment = torch.where(greedy.unsqueeze(1), own_greedy, alignment)
+        drawn = (batch["draw_mask_k"], batch["draw_mask_noise"])
         tokens_in, observed = block_mask(
-            alignment, lengths, block_size, mask_id=model.cfg.mask_id, generator=generator
+            alignment, lengths, block_size, mask_id=model.cfg.mask_id, draws=drawn
         )
         # Its own tokens may be wrong: no alignment need agree with them, so none is held to them.
         observed = observed.masked_fill(greedy.unsqueeze(1), -1)
@@ -168,6 +189,7 @@ def imputer_objective(
             loss = loss + ctc_weight * ctc
         return loss.sum(), int(target_lengths.sum())
 
+    objective.draw = draw
     return objective
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["block_mask"]
+__all__ = ["block_mask", "mask_draws"]
 
 
 def block_mask(
@@ -28,6 +28,7 @@ def block_mask(
     *,
     mask_id: int,
     generator: torch.Generator | None = None,
+    draws: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Mask k random positions in every block of ``block_size`` frames, k ~ U{1..B} per utterance.
 
@@ -40,6 +41,8 @@ def block_mask(
             ``tokens_in``.
         generator: source of randomness; a seeded one makes the masks reproducible. Draws happen on
             its device and are moved to the alignment's.
+        draws: the random numbers, drawn beforehand by :func:`mask_draws` (``generator`` is then
+            not used): the masks of a batch's rows stay the same when the rows are masked apart.
 
     Returns:
         ``tokens_in`` (N, T) int64: the alignment's token where shown, ``mask_id`` where masked or
@@ -49,15 +52,32 @@ def block_mask(
     _check_inputs(alignment, lengths, block_size, mask_id)
     n, t = alignment.shape
     lengths = lengths.to(alignment.device, torch.long)
-    device = generator.device if generator is not None else alignment.device
-    k = torch.randint(1, block_size + 1, (n,), generator=generator, device=device)
-    noise = torch.rand(n, t, generator=generator, device=device)
+    if draws is None:
+        draws = mask_draws(n, t, block_size, generator, alignment.device)
+    k, noise = draws
+    if k.shape != (n,) or noise.shape != (n, t):
+        raise ValueError(
+            f"draws must be shaped ({n},) and ({n}, {t}) like the alignment, "
+            f"got {tuple(k.shape)} and {tuple(noise.shape)}"
+        )
     masked = _masked_positions(k.to(alignment.device), noise.to(alignment.device), lengths, block_size)
     shown = ~masked & (torch.arange(t, device=alignment.device) < lengths.unsqueeze(1))
     alignment = alignment.long()
     tokens_in = torch.where(shown, alignment, mask_id)
     observed = torch.where(shown, alignment, -1)
     return tokens_in, observed
+
+
+def mask_draws(
+    n: int, t: int, block_size: int, generator: torch.Generator | None = None, device=None
+) -> tuple[Tensor, Tensor]:
+    """The random numbers of :func:`block_mask` for ``n`` alignments of ``t`` frames: each row's
+    count k ~ U{1..B} and one uniform number per frame, whose order within a block picks the masked
+    positions. Drawn on ``generator``'s device (else ``device``)."""
+    where = generator.device if generator is not None else device
+    k = torch.randint(1, block_size + 1, (n,), generator=generator, device=where)
+    noise = torch.rand(n, t, generator=generator, device=where)
+    return k, noise
 
 
 def _masked_positions(k: Tensor, noise: Tensor, lengths: Tensor, block_size: int) -> Tensor:
