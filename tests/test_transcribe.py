@@ -24,6 +24,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import jiwer
 import numpy as np
 import pytest
 import soundfile as sf
@@ -711,7 +712,9 @@ def test_package_records_how_the_model_was_trained(
 def test_bf16_transcribes_what_float32_transcribes(model_path, asr, speech, long_path, capsys):
     """``--bf16`` runs the network under bfloat16 autocast where the CPU has it (else float32, with a
     warning); the overfitted model still reads every slot and the long recording right, and K-step
-    decoding (which this CTC model was not trained for) gives what it gives in float32."""
+    decoding gives nearly what it gives in float32. Not exactly: this CTC model was not trained to
+    read alignments, its K-step outputs sit near ties (float32 already misreads a slot), and
+    bfloat16 rounds differently with and without AMX (the AMD EPYC here flipped 2 of 52 characters)."""
     from imputer_asr.model.precision import Bf16Inference, native_bf16
 
     fast = load_model(model_path, options=WINDOWS, bf16=True)
@@ -719,7 +722,8 @@ def test_bf16_transcribes_what_float32_transcribes(model_path, asr, speech, long
     texts = [t.text for t in fast.transcribe([*speech.paths, long_path])]
     assert texts == [*TEXTS, " ".join(TEXTS[i] for i in LONG_ORDER)]
     imputer_texts = [t.text for t in fast.transcribe(speech.paths, decoder="imputer", steps=4)]
-    assert imputer_texts == [t.text for t in asr.transcribe(speech.paths, decoder="imputer", steps=4)]
+    float32_texts = [t.text for t in asr.transcribe(speech.paths, decoder="imputer", steps=4)]
+    assert jiwer.cer(" ".join(float32_texts), " ".join(imputer_texts)) <= 0.1
     status, out, _ = _transcribe(capsys, model_path, "--bf16", str(speech.paths[1]))
     assert status == 0 and out == [f"{speech.paths[1]}\t{TEXTS[1]}"]
 
