@@ -154,8 +154,9 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 def draws_no_random_numbers(objective: Callable) -> Callable:
     """Mark ``objective`` as drawing no random numbers of its own, so that a batch may be shared
-    among threads (:class:`ParallelObjective`) without making the run irreproducible."""
-    objective.draws_no_random_numbers = True
+    among threads (:class:`ParallelObjective`) without making the run irreproducible: its
+    ``draw(batch)``, which an objective that draws gives, has nothing to draw."""
+    objective.draw = lambda batch: {}
     return objective
 
 
@@ -168,13 +169,12 @@ class ParallelObjective:
     split into two halves whose forward and backward passes run at the same time, each on half the
     threads, instead of every operation of the whole batch on all of them, which mostly wait for
     each other on a small model's many small operations (RESULTS.md, Speed). The gradient is the
-    sum of the same per-utterance terms. Only for an objective marked
-    :func:`draws_no_random_numbers`, or one whose ``draw(batch)`` gives every random number it
-    would draw, per utterance (:func:`~imputer_asr.training.imputer.imputer_objective`; they are
-    drawn for the whole batch and shared out with its rows), and a model without dropout: random
-    numbers drawn from two threads at once would come in any order, and a seeded run would not
-    repeat. The halves keep the batch's padded length, so that they come in few shapes (oneDNN
-    builds kernels for each).
+    sum of the same per-utterance terms. Only for an objective whose ``draw(batch)`` gives every
+    random number it would draw, per utterance (:func:`~imputer_asr.training.imputer.imputer_objective`;
+    they are drawn for the whole batch and shared out with its rows) or none
+    (:func:`draws_no_random_numbers`), and a model without dropout: random numbers drawn from two
+    threads at once would come in any order, and a seeded run would not repeat. The halves keep the
+    batch's padded length, so that they come in few shapes (oneDNN builds kernels for each).
     """
 
     def __init__(
@@ -194,7 +194,7 @@ class ParallelObjective:
             and self.threads > 1
             and parallel.world_size == 1
             and parallel.device.type == "cpu"
-            and (getattr(objective, "draws_no_random_numbers", False) or hasattr(objective, "draw"))
+            and hasattr(objective, "draw")
             and model.cfg.dropout == 0.0
         )
         self._pool: ThreadPoolExecutor | None = None
@@ -239,8 +239,7 @@ class ParallelObjective:
         (``share_batch``). Two halves' gradients add up to the same bits in either order; more
         groups would not."""
         threads = max(1, self.threads // 2)
-        if hasattr(self.objective, "draw"):
-            batch = {**batch, **self.objective.draw(batch)}
+        batch = {**batch, **self.objective.draw(batch)}
         # An objective may switch the model to eval mode for a pass of its own (the Imputer's
         # learner roll-in): from two threads the last to switch back may restore the other's eval
         # mode. Without dropout the mode changes nothing the halves compute; it is put back here.
