@@ -40,7 +40,7 @@ from imputer_asr.cli.runtime import ONEDNN_CACHE_CAPACITY
 from imputer_asr.config import ExperimentConfig, load_config
 from imputer_asr.model.conformer import ImputerModel
 from imputer_asr.training.distributed import Parallel, ParallelObjective
-from imputer_asr.training.imputer import imputer_objective, learner_alignment
+from imputer_asr.training.imputer import configured_objective, learner_alignment
 from imputer_asr.training.loop import Objective, ctc_objective
 
 FRAMES_PER_SECOND = 100
@@ -123,12 +123,7 @@ def _shaped_batches(count: int, max_duration: float, vocab: int, generator: torc
 
 
 def _objective(cfg: ExperimentConfig, name: str) -> Objective:
-    if name == "ctc":
-        return ctc_objective
-    imp = cfg.imputer
-    return imputer_objective(
-        imp.block_size, imp.ctc_weight, imp.learner_fraction, imp.score_observed, imp.greedy_fraction
-    )
+    return ctc_objective if name == "ctc" else configured_objective(cfg.imputer)
 
 
 def _with_alignments(model: ImputerModel, batches: list[dict]) -> list[dict]:

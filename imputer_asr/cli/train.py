@@ -210,7 +210,7 @@ def _trained_as(path: Path) -> str:
 def _run_train_imputer(args) -> None:
     from imputer_asr.data.tokenizer import Tokenizer
     from imputer_asr.decoding.imputer import decode_cuts_imputer
-    from imputer_asr.training.imputer import check_cut_alignments, imputer_objective, imputer_start
+    from imputer_asr.training.imputer import check_cut_alignments, configured_objective, imputer_start
     from imputer_asr.training.loop import fit
 
     tokenizer = Tokenizer.from_file(args.bpe)
@@ -223,10 +223,7 @@ def _run_train_imputer(args) -> None:
         init = _init_weights(args.init_from, cfg.model)
         if _trained_as(args.init_from) == "ctc":
             init = imputer_start(init, cfg.model.mask_id)
-    imp = cfg.imputer
-    objective = imputer_objective(
-        imp.block_size, imp.ctc_weight, imp.learner_fraction, imp.score_observed, imp.greedy_fraction
-    )
+    objective = configured_objective(cfg.imputer)
     block = cfg.imputer.block_size
 
     def decoder(model, tok, cuts):  # dev WER of K = B block decoding, as reported

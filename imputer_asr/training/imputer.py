@@ -36,6 +36,7 @@ from lhotse.utils import fastcopy
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from imputer_asr.config import ImputerConfig
 from imputer_asr.data.dataset import (
     ALIGNMENT_FIELD,
     AsrDataset,
@@ -54,6 +55,7 @@ from imputer_asr.training.masking import block_mask, mask_draws
 
 __all__ = [
     "imputer_objective",
+    "configured_objective",
     "imputer_start",
     "learner_alignment",
     "align_cuts",
@@ -191,6 +193,14 @@ def imputer_objective(
 
     objective.draw = draw
     return objective
+
+
+def configured_objective(cfg: ImputerConfig) -> Objective:
+    """:func:`imputer_objective` as an experiment's ``imputer`` section sets it (what
+    ``imputer-asr train-imputer`` trains with)."""
+    return imputer_objective(
+        cfg.block_size, cfg.ctc_weight, cfg.learner_fraction, cfg.score_observed, cfg.greedy_fraction
+    )
 
 
 def imputer_start(weights: dict[str, Tensor], mask_id: int) -> dict[str, Tensor]:
