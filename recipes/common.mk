@@ -63,7 +63,8 @@ LIST_STAGES = awk 'function read(file,   line, words) { \
 	    close(file) } \
 	  BEGIN { read("$(firstword $(MAKEFILE_LIST))"); for (i = 1; i <= n; i++) printf "  %-" width "s %s\n", name[i], doc[i] }'
 
-# $(call model_rules,DIR,TITLE): DIR's packaged model, training curves and scores
+# $(call model_rules,DIR,TITLE): DIR's packaged model, training curves, and the score of hypotheses
+# that no decoding rule of DIR made (a decoding scores its own: it writes wer-<name>.txt after hyps-<name>.jsonl)
 define model_rules
 $(1)/model.pt: $(1)/train.done
 	$(ASR) package --exp-dir $(1) --bpe $(BPE) --out $$@
@@ -73,9 +74,11 @@ $(1)/wer-%.txt: $(1)/hyps-%.jsonl
 	$(ASR) score --hyps $$< --out-dir $(1) --name $$*
 endef
 
-# $(call greedy_rule,DIR): greedy CTC decoding of any part by DIR's model, hyps-<part>-greedy.jsonl
+# $(call greedy_rule,DIR): greedy CTC decoding of any part by DIR's model, hyps-<part>-greedy.jsonl and
+# its score. (Where two pattern rules match, as this one and model_rules' score do, make takes the
+# shorter stem: this one.)
 define greedy_rule
-$(1)/hyps-%-greedy.jsonl: $(1)/model.pt
+$(1)/hyps-%-greedy.jsonl $(1)/wer-%-greedy.txt: $(1)/model.pt
 	$(ASR) decode --model $$< --cuts $$(call cuts,$$*) --out-dir $(1) --name $$*-greedy $(DEVICE_ARGS)
 endef
 
@@ -139,7 +142,7 @@ $(CTC)/lm-weights.json: $(CTC)/model.pt $(LM)
 	$(ASR) tune-lm --model $< --cuts $(DEV_CUTS) --lexicon $(LEXICON) --arpa $(LM) $(LM_GRID) $(LM_SEARCH) --out $@
 
 decode-ctc-lm: $(foreach p,$(LM_PARTS),$(CTC)/hyps-$(p)-lm.jsonl) ## CTC beam search with the lexicon and the LM on LM_PARTS, weights from tune-lm
-$(CTC)/hyps-%-lm.jsonl: $(CTC)/model.pt $(CTC)/lm-weights.json
+$(CTC)/hyps-%-lm.jsonl $(CTC)/wer-%-lm.txt: $(CTC)/model.pt $(CTC)/lm-weights.json
 	$(ASR) decode --model $< --cuts $(call cuts,$*) --out-dir $(CTC) --name $*-lm \
 	  --lexicon $(LEXICON) --arpa $(LM) --lm-weights $(CTC)/lm-weights.json $(LM_SEARCH) $(DEVICE_ARGS)
 
@@ -147,11 +150,14 @@ score-ctc-lm: $(foreach p,$(LM_PARTS),$(CTC)/wer-$(p)-lm.txt) ## WER/CER of the 
 	@cat $^
 
 # ---- Imputer: expert alignments from the CTC baseline, training initialised from it, K-step decoding ----
-# Decodings are named <part>-k<K> or <part>-adaptive, e.g. test-k8 or dev-clean-adaptive.
+# Decodings are named <part>-k<K> or <part>-adaptive, e.g. test-k8 or dev-clean-adaptive. One process
+# decodes a part at every K of STEPS; any other <part>-k<K> has a rule of its own.
 IMP_DECODES := $(foreach p,$(IMP_PARTS),$(foreach k,$(STEPS),$(p)-k$(k)) $(if $(THRESHOLD),$(p)-adaptive))
 imp_mode = $(lastword $(subst -, ,$(1)))
 imp_part = $(patsubst %-$(call imp_mode,$(1)),%,$(1))
 imp_args = $(if $(filter adaptive,$(call imp_mode,$(1))),--adaptive $(THRESHOLD),--steps $(patsubst k%,%,$(call imp_mode,$(1))))
+# decode-imputer names a single decoding --name, each of several NAME-k<K>
+sweep_name = $(if $(word 2,$(STEPS)),$(1),$(1)-k$(STEPS))
 
 .PHONY: align
 
@@ -159,6 +165,13 @@ align: $(ALIGNED) ## forced alignments of the training cuts under the CTC model 
 $(ALIGNED): $(CTC)/model.pt $(FBANK)/.done
 	$(ASR) align --model $< --cuts $(TRAIN_CUTS) --out $@ \
 	  $(if $(ALIGN_HOURS),--max-hours $(ALIGN_HOURS) $(if $(SEED),--seed $(SEED))) $(DEVICE_ARGS)
+
+# $(call imputer_sweep_rule,<exp dir>,<part>): the part decoded at every K of STEPS by one process
+define imputer_sweep_rule
+$(foreach k,$(STEPS),$(1)/hyps-$(2)-k$(k).jsonl $(1)/wer-$(2)-k$(k).txt) &: $(1)/model.pt
+	$(ASR) decode-imputer --model $$< --cuts $(call cuts,$(2)) --out-dir $(1) --name $(call sweep_name,$(2)) \
+	  --steps $(STEPS) $(DEVICE_ARGS)
+endef
 
 # One Imputer experiment per inject_layer: $(IMP) feeds the alignment at the input (k = 0, the paper's
 # model); $(IMP_INJ) adds it after block INJECT_LAYER, so decoding runs the blocks below once.
@@ -170,12 +183,14 @@ train-imputer$(3): $(ALIGNED)
 	$$(TRAIN_IMPUTER$(3))
 $(1)/train.done: $(ALIGNED)
 	$$(TRAIN_IMPUTER$(3))
+$(foreach p,$(IMP_PARTS),$(eval $(call imputer_sweep_rule,$(1),$(p))))
+# Before model_rules: of two pattern rules with stems alike, make takes the first, and this one scores too
+$(1)/hyps-%.jsonl $(1)/wer-%.txt: $(1)/model.pt
+	$(ASR) decode-imputer --model $$< --cuts $$(call cuts,$$(call imp_part,$$*)) \
+	  --out-dir $(1) --name $$* $$(call imp_args,$$*) $(DEVICE_ARGS)
 $(call model_rules,$(1),Imputer$(3))
 package-imputer$(3): $(1)/model.pt
 decode-imputer$(3): $(foreach d,$(IMP_DECODES),$(1)/hyps-$(d).jsonl)
-$(1)/hyps-%.jsonl: $(1)/model.pt
-	$(ASR) decode-imputer --model $$< --cuts $$(call cuts,$$(call imp_part,$$*)) \
-	  --out-dir $(1) --name $$* $$(call imp_args,$$*) $(DEVICE_ARGS)
 score-imputer$(3): $(foreach d,$(IMP_DECODES),$(1)/wer-$(d).txt)
 	@for f in $$^; do echo "$$$$(basename $$$$f .txt | sed 's/^wer-//'): $$$$(cat $$$$f)"; done
 plot-imputer$(3): $(1)/training.png
@@ -209,7 +224,7 @@ $(1)/lm-weights-k$(LM_STEPS).json: $(1)/model.pt $(LM)
 	$(ASR) tune-lm --model $$< --steps $(LM_STEPS) --cuts $(DEV_CUTS) --lexicon $(LEXICON) \
 	  --arpa $(LM) $(LM_GRID) $(LM_SEARCH) --out $$@
 decode-imputer-lm$(2): $(1)/hyps-$(TEST_PART)-k$(LM_STEPS)lm.jsonl
-$(1)/hyps-%-k$(LM_STEPS)lm.jsonl: $(1)/model.pt $(1)/lm-weights-k$(LM_STEPS).json
+$(1)/hyps-%-k$(LM_STEPS)lm.jsonl $(1)/wer-%-k$(LM_STEPS)lm.txt: $(1)/model.pt $(1)/lm-weights-k$(LM_STEPS).json
 	$(ASR) decode-imputer --model $$< --cuts $$(call cuts,$$*) --out-dir $(1) --name $$*-k$(LM_STEPS)lm \
 	  --steps $(LM_STEPS) --lexicon $(LEXICON) --arpa $(LM) --lm-weights $(1)/lm-weights-k$(LM_STEPS).json \
 	  $(LM_SEARCH) $(DEVICE_ARGS)

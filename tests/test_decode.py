@@ -272,3 +272,127 @@ def test_cutset_wrappers_are_the_one_loop(
         decode_cuts_imputer(model, tokenizer, cuts, steps=5, block_size=4, threshold=0.5)
     with pytest.raises(ValueError, match="threshold"):
         AdaptiveDecoder(threshold=1.5)
+
+
+# --- the decoding commands: a sweep over K in one process, and the score each decoding writes -------
+
+
+def _packaged_model(tokenizer: Tokenizer, tiny_model_config, cuts: CutSet, path: Path) -> Path:
+    """``_model`` in float32, packaged with B = 4 (what ``decode-imputer`` loads)."""
+    from imputer_asr.config import ExperimentConfig, FeatureConfig, ImputerConfig
+    from imputer_asr.training.checkpoint import package_model
+
+    model = _model(tokenizer, tiny_model_config, cuts).float()
+    experiment = ExperimentConfig(
+        features=FeatureConfig(num_mel_bins=model.cfg.input_dim),
+        model=model.cfg,
+        imputer=ImputerConfig(block_size=4),
+    )
+    package_model(model.state_dict(), experiment, tokenizer, path, trained_as="imputer")
+    return path
+
+
+def _decodings(out: Path, name: str) -> tuple[list[tuple[str, str]], dict]:
+    """(cut id, hypothesis) of ``hyps-<name>.jsonl`` and the timing record."""
+    import json
+
+    rows = [json.loads(line) for line in (out / f"hyps-{name}.jsonl").read_text().splitlines()]
+    return [(r["cut_id"], r["hyp"]) for r in rows], json.loads((out / f"timing-{name}.json").read_text())
+
+
+def test_a_sweep_over_k_writes_what_each_k_decoded_alone_writes(
+    tokenizer: Tokenizer, tiny_model_config, noise_cuts, tmp_path: Path, capsys
+) -> None:
+    """``decode-imputer --steps 1 2 4``: each K's hypotheses, timing counts and score are those of
+    ``--steps K`` run on its own; the score is ``score``'s, and newer than the hypotheses (make's
+    order)."""
+    from imputer_asr.cli import main
+
+    cuts_path = noise_cuts(TEXTS)
+    model_pt = _packaged_model(tokenizer, tiny_model_config, CutSet.from_file(cuts_path), tmp_path / "m.pt")
+    common = ["--model", str(model_pt), "--cuts", str(cuts_path), "--threads", "1"]
+    sweep, alone = tmp_path / "sweep", tmp_path / "alone"
+    assert (
+        main(["decode-imputer", *common, "--out-dir", str(sweep), "--name", "test", "--steps", "1", "2", "4"])
+        == 0
+    )
+    printed = [line.split(":")[0] for line in capsys.readouterr().out.splitlines()]
+    assert printed == ["test-k1", "test-k2", "test-k4"]
+    texts = set()
+    for k in (1, 2, 4):
+        name = f"test-k{k}"
+        assert (
+            main(["decode-imputer", *common, "--out-dir", str(alone), "--name", name, "--steps", str(k)]) == 0
+        )
+        (got, timing), (expected, timing_alone) = _decodings(sweep, name), _decodings(alone, name)
+        assert got == expected and [c for c, _ in got] == list(CutSet.from_file(cuts_path).ids)
+        counts = ("steps", "block_size", "evaluations", "batches", "utterances")
+        assert {c: timing[c] for c in counts} == {c: timing_alone[c] for c in counts}
+        assert timing["steps"] == k and timing["block_size"] == 4
+        for kind in ("wer", "errs", "recogs"):
+            assert (sweep / f"{kind}-{name}.txt").read_text() == (alone / f"{kind}-{name}.txt").read_text()
+        hyps = sweep / f"hyps-{name}.jsonl"
+        assert (sweep / f"wer-{name}.txt").stat().st_mtime_ns >= hyps.stat().st_mtime_ns
+        assert (
+            main(["score", "--hyps", str(hyps), "--out-dir", str(tmp_path / "rescored"), "--name", name]) == 0
+        )
+        assert (tmp_path / "rescored" / f"wer-{name}.txt").read_text() == (
+            sweep / f"wer-{name}.txt"
+        ).read_text()
+        texts.add(str(got))
+    assert len(texts) > 1  # the Ks decode differently: a K's files cannot pass for another's
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--steps", "2", "2"], "a K given twice"),
+        (["--steps", "1", "2", "--adaptive", "0.9"], "take one --steps value"),
+        (["--steps", "1", "2", "--lexicon", "lex.txt"], "take one --steps value"),
+    ],
+)
+def test_a_sweep_refuses_what_it_cannot_name_or_cap(extra, message, tmp_path: Path, capsys) -> None:
+    from imputer_asr.cli import main
+
+    out = tmp_path / "out"
+    args = ["decode-imputer", "--model", "m.pt", "--cuts", "c.jsonl.gz", "--out-dir", str(out), "--name", "t"]
+    assert main(args + extra) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_cuts_without_transcripts_are_decoded_not_scored(
+    tokenizer: Tokenizer, tiny_model_config, noise_cuts, tmp_path: Path, caplog
+) -> None:
+    import logging
+
+    from lhotse.utils import fastcopy
+
+    from imputer_asr.cli import main
+
+    labelled = CutSet.from_file(noise_cuts(TEXTS))
+    unlabelled = tmp_path / "unlabelled.jsonl.gz"
+    CutSet.from_cuts(fastcopy(cut, supervisions=[]) for cut in labelled).to_file(unlabelled)
+    model_pt = _packaged_model(tokenizer, tiny_model_config, labelled, tmp_path / "m.pt")
+    out = tmp_path / "out"
+    with caplog.at_level(logging.INFO):
+        assert (
+            main(
+                [
+                    "decode",
+                    "--model",
+                    str(model_pt),
+                    "--cuts",
+                    str(unlabelled),
+                    "--out-dir",
+                    str(out),
+                    "--name",
+                    "u",
+                ]
+            )
+            == 0
+        )
+    assert "u: the cuts have no transcripts; not scored" in caplog.text
+    assert sorted(p.name for p in out.iterdir()) == ["hyps-u.jsonl", "timing-u.json"]
+    hyps, _ = _decodings(out, "u")
+    assert [c for c, _ in hyps] == list(labelled.ids)

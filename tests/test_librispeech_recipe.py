@@ -98,6 +98,10 @@ def test_recipe_end_to_end(tiny_librispeech, tmp_path):
         timeout=900,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    # Each part's K = 1 and 8 in one process, and each decoding scored itself: no score stage ran.
+    sweeps = [line for line in run.stdout.splitlines() if " decode-imputer " in line]
+    assert len(sweeps) == len(LIBRISPEECH_PARTS) - 1 and all("--steps 1 8" in line for line in sweeps)
+    assert " score --hyps" not in run.stdout
     text = readme.read_text()
     assert text.startswith("# results\n<!-- results-100h:begin -->\n| system") and text.endswith("kept\n")
     header = next(line for line in text.splitlines() if line.startswith("| system"))

@@ -2,8 +2,13 @@
 ``--lexicon``), ``decode-imputer`` (K-step or adaptive Imputer decoding), ``score`` (WER/CER) and
 ``peer-pocketsphinx`` (a peer recognizer for the WER tables).
 
-A decoding writes ``timing-<name>.json`` then ``hyps-<name>.jsonl`` into ``--out-dir``; ``score``
-reads the latter."""
+A decoding writes ``timing-<name>.json``, ``hyps-<name>.jsonl`` and, where the cuts have transcripts,
+the report of ``score`` (``wer-<name>.txt``, ``errs-``, ``recogs-``) into ``--out-dir``. ``score``
+scores hypotheses written by other means.
+
+``decode-imputer --steps 1 2 4 8`` makes one decoding per K in one process (the model and the cuts
+are loaded once); the recipes run a whole sweep that way, where a process per K spent about as much
+time starting Python and torch as decoding."""
 
 from __future__ import annotations
 
@@ -45,11 +50,10 @@ def _run_decode(args) -> None:
     packaged, cuts = _model_and_cuts(args)
     if args.lexicon is not None:
         hyps, seconds, weights = decode_with_lm(args, packaged, cuts)
-        timing = _write_decoding(args, hyps, seconds, **dataclasses.asdict(weights))
+        _finish_decoding(args, args.name, hyps, seconds, **dataclasses.asdict(weights))
     else:
         hyps, seconds = decode_cuts(packaged.model, packaged.tokenizer, cuts)
-        timing = _write_decoding(args, hyps, seconds)
-    _log_decoding(hyps, seconds, timing)
+        _finish_decoding(args, args.name, hyps, seconds)
 
 
 def _model_and_cuts(args):
@@ -74,20 +78,10 @@ def _model_and_cuts(args):
     return packaged, load_cuts(args.cuts)
 
 
-def _log_decoding(hyps, seconds: float, timing: dict, more: str = "") -> None:
-    log.info(
-        "decoded %d utterances (%.0f s of audio) in %.1f s, RTF %.4f%s",
-        len(hyps),
-        timing["audio_seconds"],
-        seconds,
-        timing["rtf"],
-        more,
-    )
-
-
-def _write_decoding(args, hyps, seconds: float, **extra) -> dict:
-    """Write ``timing-<name>.json`` then ``hyps-<name>.jsonl`` (last and atomically: it is the make
-    target of a decode stage); returns the timing record."""
+def _finish_decoding(args, name: str, hyps, seconds: float, more: str = "", **extra) -> None:
+    """Write ``timing-<name>.json`` then ``hyps-<name>.jsonl`` (atomically: it marks the decoding
+    done), log the speed, then score the hypotheses against the cuts' transcripts as ``score`` does.
+    The report comes after the hypotheses, so that make finds it newer and does not score again."""
     from imputer_asr.files import write_text_atomic
 
     audio = sum(h.duration for h in hyps)
@@ -100,10 +94,30 @@ def _write_decoding(args, hyps, seconds: float, **extra) -> dict:
         **extra,
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / f"timing-{args.name}.json").write_text(json.dumps(timing, indent=2) + "\n")
-    out = args.out_dir / f"hyps-{args.name}.jsonl"
+    (args.out_dir / f"timing-{name}.json").write_text(json.dumps(timing, indent=2) + "\n")
+    out = args.out_dir / f"hyps-{name}.jsonl"
     write_text_atomic(out, "".join(json.dumps(dataclasses.asdict(h)) + "\n" for h in hyps))
-    return timing
+    log.info(
+        "decoded %d utterances (%.0f s of audio) in %.1f s, RTF %.4f%s",
+        len(hyps),
+        audio,
+        seconds,
+        timing["rtf"],
+        more,
+    )
+    if not any(h.ref.strip() for h in hyps):
+        log.info("%s: the cuts have no transcripts; not scored", name)
+        return
+    _write_score(args.out_dir, name, [(h.cut_id, h.ref, h.hyp) for h in hyps])
+
+
+def _write_score(out_dir: Path, name: str, utterances: list[tuple[str, str, str]]) -> None:
+    """``wer-<name>.txt`` and the rest of the report in ``out_dir``; prints the WER line."""
+    from imputer_asr.evaluation.scoring import format_summary, score, write_report
+
+    report = score(utterances)
+    write_report(report, out_dir, name)
+    print(f"{name}: {format_summary(report)}", flush=True)
 
 
 def _add_decode_imputer(sub) -> None:
@@ -115,8 +129,19 @@ def _add_decode_imputer(sub) -> None:
     p.add_argument("--model", type=Path, required=True, help="packaged model.pt, or its ONNX export")
     p.add_argument("--cuts", type=Path, required=True)
     p.add_argument("--out-dir", type=Path, required=True)
-    p.add_argument("--name", required=True, help="e.g. test-k8; names the output files")
-    p.add_argument("--steps", type=int, default=None, help="K (the cap with --adaptive); default: B")
+    p.add_argument(
+        "--name",
+        required=True,
+        help="e.g. test-k8; names the output files (with several --steps, NAME-k<K> names each K's)",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="K",
+        help="K, or several: one decoding each (with --adaptive, the one cap); default: B",
+    )
     p.add_argument(
         "--adaptive",
         type=float,
@@ -133,14 +158,22 @@ def _add_decode_imputer(sub) -> None:
 def _run_decode_imputer(args) -> None:
     from imputer_asr.decoding.imputer import decode_cuts_imputer
 
+    sweep = args.steps or []
+    if len(sweep) != len(set(sweep)):
+        raise UsageError(f"--steps {' '.join(map(str, sweep))}: a K given twice would write its files twice")
+    if len(sweep) > 1 and (args.adaptive is not None or args.lexicon is not None):
+        raise UsageError("--adaptive and --lexicon take one --steps value (the cap; the step the LM reads)")
     if args.lexicon is not None and args.adaptive is not None:
         raise UsageError("--adaptive cannot be combined with --lexicon (the LM search reads step K of K)")
     packaged, cuts = _model_and_cuts(args)
     block_size = args.block_size or packaged.config.imputer.block_size
-    steps = args.steps or block_size
     if args.lexicon is not None:
+        steps = sweep[0] if sweep else block_size
         hyps, seconds, record = decode_imputer_with_lm(args, packaged, cuts, steps, block_size)
-    else:
+        _finish_imputer_decoding(args, args.name, hyps, seconds, record)
+        return
+    cuts = cuts.to_eager()  # read once for every K
+    for steps in sweep or [block_size]:
         run = decode_cuts_imputer(
             packaged.model,
             packaged.tokenizer,
@@ -149,7 +182,6 @@ def _run_decode_imputer(args) -> None:
             block_size=block_size,
             threshold=args.adaptive,
         )
-        hyps, seconds = run.hyps, run.seconds
         record = {
             "block_size": block_size,
             "steps": steps,
@@ -159,9 +191,13 @@ def _run_decode_imputer(args) -> None:
             "evaluations_per_batch": run.evaluations / max(run.batches, 1),
             "evaluations_per_utterance": run.utterance_evaluations / max(len(run.hyps), 1),
         }
-    timing = _write_decoding(args, hyps, seconds, **record)
-    more = f", {timing['evaluations']} evaluations in {timing['batches']} batches"
-    _log_decoding(hyps, seconds, timing, more)
+        name = f"{args.name}-k{steps}" if len(sweep) > 1 else args.name
+        _finish_imputer_decoding(args, name, run.hyps, run.seconds, record)
+
+
+def _finish_imputer_decoding(args, name: str, hyps, seconds: float, record: dict) -> None:
+    more = f", {record['evaluations']} evaluations in {record['batches']} batches"
+    _finish_decoding(args, name, hyps, seconds, more, **record)
 
 
 def _add_score(sub) -> None:
@@ -173,14 +209,10 @@ def _add_score(sub) -> None:
 
 
 def _run_score(args) -> None:
-    from imputer_asr.evaluation.scoring import format_summary, score, write_report
-
     if not args.hyps.is_file():
         raise ValueError(f"{args.hyps}: no such file; run the decode stage first")
     rows = [json.loads(line) for line in args.hyps.read_text().splitlines() if line.strip()]
-    report = score([(r["cut_id"], r["ref"], r["hyp"]) for r in rows])
-    write_report(report, args.out_dir, args.name)
-    print(f"{args.name}: {format_summary(report)}")
+    _write_score(args.out_dir, args.name, [(r["cut_id"], r["ref"], r["hyp"]) for r in rows])
 
 
 def _add_peer_pocketsphinx(sub) -> None:
@@ -204,5 +236,4 @@ def _run_peer_pocketsphinx(args) -> None:
         hyps, seconds = decode_pocketsphinx(cuts)
     except ValueError as exc:
         raise ValueError(f"{args.cuts}: {exc}") from None
-    timing = _write_decoding(args, hyps, seconds, recognizer=f"pocketsphinx {version('pocketsphinx')}")
-    _log_decoding(hyps, seconds, timing)
+    _finish_decoding(args, args.name, hyps, seconds, recognizer=f"pocketsphinx {version('pocketsphinx')}")
