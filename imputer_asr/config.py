@@ -120,11 +120,15 @@ class TrainConfig:
     that many updates (for the curve of WER against training time).
 
     ``minutes_per_epoch`` > 0 is the same for the training clock (validation is off the clock):
-    epoch n ends once n x ``minutes_per_epoch`` minutes of training are spent (or its data, or its
-    ``steps_per_epoch``, runs out), and the cosine decays over ``epochs x minutes_per_epoch``
+    epoch n ends once n x ``minutes_per_epoch`` minutes of training are spent (or its
+    ``steps_per_epoch`` are made), and the cosine decays over ``epochs x minutes_per_epoch``
     minutes rather than a number of updates. A run then takes the same time on a slow machine and
     a fast one, and the fast one makes more updates; the count is in the log and ``train.done``.
     One process only: ranks would disagree on when the time is up.
+
+    An epoch on either budget whose data runs out first goes on with another pass over it, a shuffle
+    of its own: a fast machine trains for the budget, not until the data ends. Without a budget an
+    epoch is one pass.
 
     Mid-epoch checkpoints: every ``checkpoint_minutes`` of training clock ``checkpoint-<step>.pt``
     holds what an exact resume needs (weights, optimizer, clock, the position in the epoch); the

@@ -449,3 +449,31 @@ def test_two_processes_killed_at_a_random_update_resume_to_the_uninterrupted_wei
     for name, value in want.items():
         assert torch.equal(got[name], value), f"{name} differs after a kill at update {kill_at}"
     fault_tally(injected=1, resumed=1, checked=1)
+
+
+def test_a_kill_in_a_further_pass_over_the_data_resumes_to_the_uninterrupted_weights(
+    tiny_corpus, model_cfg, cuts, tmp_path, caplog, fault_tally
+):
+    """An epoch of more updates than its data holds goes on over a second pass and a third, each its
+    own shuffle. Killed right after the first pass's last checkpoint, and at a random update of a
+    later pass, a run resumes where it stopped and ends with the uninterrupted run's weights."""
+    tok = tiny_corpus.tokenizer
+    fit(_config(model_cfg, epochs=1), tmp_path / "one-pass", *cuts, tok)
+    per_pass = json.loads((tmp_path / "one-pass" / "train.done").read_text())["steps"]
+    assert per_pass >= 3
+    cfg = _config(model_cfg, epochs=1, steps_per_epoch=2 * per_pass + 1)
+    with caplog.at_level("INFO", logger="imputer_asr.training.loop"):
+        straight = fit(cfg, tmp_path / "straight", *cuts, tok)
+    assert caplog.text.count("the data ran out") == 2
+    want = {k: v.clone() for k, v in straight.state_dict().items()}
+    # Killed at update n, a run resumes from the checkpoint after update n - 1.
+    for n in (per_pass + 1, random.Random(per_pass).randint(per_pass + 2, 2 * per_pass)):
+        exp = tmp_path / f"killed-{n}"
+        _killed_run(tiny_corpus, cfg, exp, "update", n)
+        clock = load_file(step_checkpoints(exp)[-1])["clock"]
+        if n == per_pass + 1:  # at the end of the first pass: the resumed run starts the second
+            assert (clock["epoch_pass"], clock["pass_steps"]) == (0, per_pass)
+        else:
+            assert clock["epoch_pass"] >= 1 and 0 < clock["pass_steps"] < clock["epoch_steps"]
+        _assert_same_weights(fit(cfg, exp, *cuts, tok, resume=True), want)
+        fault_tally(injected=1, resumed=1, checked=1)

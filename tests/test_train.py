@@ -145,6 +145,62 @@ def test_time_budget_ends_each_epoch_at_its_share_of_the_clock(
     assert lrs[9] == pytest.approx(floor + (cfg.peak_lr - floor) * 0.5 * (1 + math.cos(math.pi * 0.9)))
 
 
+@pytest.mark.parametrize("budget", ["minutes", "steps"])
+def test_an_epoch_whose_data_runs_out_goes_on_over_fresh_passes(
+    tiny_corpus, model_cfg, cuts, monkeypatch, tmp_path, budget
+):
+    """On a fake clock of 1 s per update, an epoch of 7 s (or 7 updates) over data of 3 batches makes
+    7 updates: the given pass, then passes 1 and 2 from ``next_pass``, the last cut short. Without
+    ``next_pass`` it ends with its data; a further pass that gives nothing ends it too."""
+    ticks = itertools.count()
+    monkeypatch.setattr(train_module, "time", SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    tok = tiny_corpus.tokenizer
+    train, _ = cuts
+    batch = next(iter(make_loader(train, tok, DataConfig(max_duration=15.0, num_workers=0), train=True)))
+    budgets = {"minutes": {"minutes_per_epoch": 7 / 60}, "steps": {"steps_per_epoch": 7}}
+    cfg = TrainConfig(epochs=1, warmup_steps=0, log_every=1, **budgets[budget])
+    model = ImputerModel(model_cfg)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.peak_lr)
+    asked: list[int] = []
+
+    def next_pass(n: int) -> list[dict]:
+        asked.append(n)
+        return [batch] * 3
+
+    def run(**kwargs) -> _Clock:
+        clock = _Clock(epoch=1)
+        args = (model, optimizer, [batch] * 3, ctc_objective, clock, 100, cfg, _JsonLog(tmp_path / "log"))
+        train_one_epoch(*args, lambda: None, **kwargs)
+        return clock
+
+    clock = run(next_pass=next_pass)
+    assert asked == [1, 2]
+    assert (clock.step, clock.epoch_steps, clock.epoch_pass, clock.pass_steps) == (7, 7, 2, 1)
+    assert run().step == 3
+    asked.clear()
+    assert run(next_pass=lambda n: asked.append(n) or []).step == 3 and asked == [1]
+    # Without a budget an epoch is one pass, next_pass or not.
+    cfg = TrainConfig(epochs=1, warmup_steps=0, log_every=1)
+    assert run(next_pass=next_pass).step == 3
+
+
+def test_a_further_pass_draws_its_own_shuffle(tiny_corpus, model_cfg, cuts):
+    train, _ = cuts
+    cfg = _config(model_cfg, 1)
+    one = SimpleNamespace(world_size=1, rank=0)
+
+    def batches(data_pass: int) -> list[list[str]]:
+        loader = train_module._epoch_loader(
+            cfg, train, tiny_corpus.tokenizer, 1, False, one, data_pass=data_pass
+        )
+        return [sorted(batch["cut_ids"]) for batch in loader]  # a batch's cuts come sorted by duration
+
+    first, second = batches(0), batches(1)
+    assert sorted(sum(first, [])) == sorted(sum(second, [])) == sorted(train.ids)
+    assert first != second
+    assert batches(1) == second  # seeded: a resumed run draws it again
+
+
 def test_negative_time_budget_is_refused(tiny_corpus, model_cfg, cuts, tmp_path):
     train, dev = cuts
     cfg = _config(model_cfg, 1)

@@ -18,7 +18,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -100,8 +100,10 @@ def lr_at(step: int, total_steps: int, cfg: TrainConfig, budget_spent: float | N
 class _Clock:
     """Where training stands. ``epoch_steps`` > 0: ``epoch`` is in progress and that many of its
     updates are done (a mid-epoch checkpoint) by ``world_size`` processes; 0: ``epoch`` epochs are
-    complete. ``skipped``: updates skipped for a non-finite gradient; ``unreadable``: training cuts
-    left out because their features could not be read."""
+    complete. An epoch on a budget that outlasts its data makes further passes over it:
+    ``epoch_pass`` of them are complete and ``pass_steps`` updates of the current one are done.
+    ``skipped``: updates skipped for a non-finite gradient; ``unreadable``: training cuts left out
+    because their features could not be read."""
 
     epoch: int = 0
     step: int = 0
@@ -111,6 +113,13 @@ class _Clock:
     world_size: int = 1
     skipped: int = 0
     unreadable: int = 0
+    epoch_pass: int = 0
+    pass_steps: int = 0
+
+    @classmethod
+    def from_state(cls, fields: dict) -> _Clock:
+        """The clock a checkpoint saved; one saved before passes were counted was in its epoch's first."""
+        return cls(**{"pass_steps": fields.get("epoch_steps", 0), **fields})
 
 
 class _JsonLog:
@@ -176,32 +185,47 @@ def train_one_epoch(
     json_log: _JsonLog,
     every_step: Callable[[], None] | None = None,
     runner: ParallelObjective | None = None,
+    next_pass: Callable[[int], Iterable[dict]] | None = None,
 ) -> None:
-    """One pass over ``loader``, an update every ``cfg.accum_grad`` batches; ``every_step`` runs after
-    each update, off the training clock. ``runner`` (several processes) defaults to this process alone.
-    The logged loss is this rank's. Under ``cfg.minutes_per_epoch`` the pass stops once the clock
-    reaches ``clock.epoch x minutes_per_epoch``; under ``cfg.steps_per_epoch``, once
-    ``clock.epoch_steps`` (the epoch's updates, counted here) reaches it.
+    """One epoch from ``loader``, an update every ``cfg.accum_grad`` batches; ``every_step`` runs
+    after each update, off the training clock. ``runner`` (several processes) defaults to this
+    process alone. The logged loss is this rank's.
+
+    Under ``cfg.minutes_per_epoch`` the epoch stops once the clock reaches ``clock.epoch x
+    minutes_per_epoch``; under ``cfg.steps_per_epoch``, once ``clock.epoch_steps`` (the epoch's
+    updates, counted here) reaches it. If ``loader`` runs out first, ``next_pass(n)`` gives the n-th
+    further pass over the data, so that a fast machine trains for the budget and not for less;
+    without it, or without a budget, the epoch ends with its data.
     """
     runner = runner or ParallelObjective(model, objective, Parallel())
     model.train()
     window_loss, window_tokens = 0.0, 0
-    # The loader's iterator draws a base seed from torch's generator when it is made: made here, before
-    # any update seeds it, so that a resumed pass draws what the uninterrupted one drew.
-    bar = tqdm(
-        iter(loader),
-        desc=f"epoch {clock.epoch}",
-        unit="batch",
-        dynamic_ncols=True,
-        leave=False,
-        disable=not runner.parallel.is_main,
-    )
-    batches = _readable_batches(iter(bar), clock, json_log)
+    bar = batches = None
+
+    def open_pass(data: Iterable[dict]) -> None:
+        nonlocal bar, batches
+        if clock.epoch_pass:
+            # The iterator draws a base seed from torch's generator when it is made. Pass 0's is
+            # made before any update seeds the generator; a later pass's, after a seed of its own
+            # (its first update's), as it is made when a resumed run restarts inside it.
+            _seed_update(cfg.seed, clock.step - clock.pass_steps, runner.parallel.rank)
+        bar = tqdm(
+            iter(data),
+            desc=f"epoch {clock.epoch}" + (f", pass {clock.epoch_pass + 1}" if clock.epoch_pass else ""),
+            unit="batch",
+            dynamic_ncols=True,
+            leave=False,
+            disable=not runner.parallel.is_main,
+        )
+        batches = _readable_batches(iter(bar), clock, json_log)
+
+    open_pass(loader)
     skipped_in_a_row: list[list[str]] = []
     start = time.perf_counter()
     per_epoch = cfg.minutes_per_epoch * 60.0
     budget = per_epoch * cfg.epochs
     epoch_end = per_epoch * clock.epoch if per_epoch else math.inf
+    on_budget = next_pass is not None and bool(per_epoch or cfg.steps_per_epoch)
     while clock.wall_time < epoch_end and not (
         cfg.steps_per_epoch and clock.epoch_steps >= cfg.steps_per_epoch
     ):
@@ -209,9 +233,22 @@ def train_one_epoch(
         # a run resumed at any update draws what the uninterrupted run drew, on every rank.
         _seed_update(cfg.seed, clock.step, runner.parallel.rank)
         group = list(itertools.islice(batches, cfg.accum_grad))
+        if not group and on_budget and clock.pass_steps:  # a pass that gave nothing would loop forever
+            bar.close()
+            clock.epoch_pass, clock.pass_steps = clock.epoch_pass + 1, 0
+            log.info(
+                "epoch %d: the data ran out after %d updates with budget left; pass %d over it",
+                clock.epoch,
+                clock.epoch_steps,
+                clock.epoch_pass + 1,
+            )
+            open_pass(next_pass(clock.epoch_pass))
+            _seed_update(cfg.seed, clock.step, runner.parallel.rank)
+            group = list(itertools.islice(batches, cfg.accum_grad))
         if not group:
             break
         clock.epoch_steps += 1
+        clock.pass_steps += 1
         lr = lr_at(clock.step, total_steps, cfg, clock.wall_time / budget if budget else None)
         for param_group in optimizer.param_groups:
             param_group["lr"] = lr
@@ -345,12 +382,14 @@ def _count_batches(cuts: CutSet, cfg: ExperimentConfig, world_size: int = 1) -> 
 
     The sampler fills batches up to ``max_duration``, so this is a slight underestimate; the
     schedule holds its final value for the few extra steps. (A dry pass of the sampler gives the
-    exact count but took minutes on 12k cuts.) ``steps_per_epoch`` caps it.
+    exact count but took minutes on 12k cuts.) ``steps_per_epoch`` replaces it: an epoch makes that
+    many updates, in further passes over the data if one is not enough.
     """
+    if cfg.train.steps_per_epoch:
+        return cfg.train.steps_per_epoch
     seconds = sum(cut.duration for cut in cuts)
     per_update = cfg.data.max_duration * cfg.train.accum_grad * world_size
-    estimate = max(1, math.ceil(seconds / per_update))
-    return min(estimate, cfg.train.steps_per_epoch) if cfg.train.steps_per_epoch else estimate
+    return max(1, math.ceil(seconds / per_update))
 
 
 def _resume_candidates(exp_dir: Path) -> list[Path]:
@@ -379,7 +418,7 @@ def _restore(exp_dir: Path, model, optimizer, resume: bool) -> _Clock:
     for path in candidates:
         try:
             state = load_file(path)
-            clock = _Clock(**state["clock"])
+            clock = _Clock.from_state(state["clock"])
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
         except (ValueError, KeyError, TypeError, RuntimeError) as exc:
@@ -405,6 +444,10 @@ def _build_model(
     return model.to(device)
 
 
+# A further pass's shuffle seed sits this far from its epoch's, clear of every other epoch's
+_PASS_SEED_STRIDE = 1_000_003
+
+
 def _epoch_loader(
     cfg: ExperimentConfig,
     train_cuts: CutSet,
@@ -413,9 +456,11 @@ def _epoch_loader(
     sort: bool,
     parallel: Parallel,
     skip_batches: int = 0,
+    data_pass: int = 0,
 ):
-    """This rank's share of an epoch: every rank draws the same shuffle (seeded by the epoch) and
-    takes every ``world_size``-th batch of it; ``skip_batches``, those a resumed epoch trained on."""
+    """This rank's share of a pass over the data in an epoch: every rank draws the same shuffle
+    (seeded by the epoch and ``data_pass``, the epoch's passes before it) and takes every
+    ``world_size``-th batch of it; ``skip_batches``, those a resumed pass trained on."""
     data_cfg = cfg.data
     if epoch < cfg.data.spec_augment_from_epoch:
         data_cfg = replace(data_cfg, spec_augment=False)
@@ -424,8 +469,8 @@ def _epoch_loader(
         tokenizer,
         data_cfg,
         train=True,
-        sort_by_duration=sort and epoch == 1,
-        seed=cfg.train.seed + epoch,
+        sort_by_duration=sort and epoch == 1 and data_pass == 0,
+        seed=cfg.train.seed + epoch + _PASS_SEED_STRIDE * data_pass,
         world_size=parallel.world_size,
         rank=parallel.rank,
         skip_batches=skip_batches,
@@ -433,10 +478,10 @@ def _epoch_loader(
 
 
 def _batches_done(clock: _Clock, cfg: ExperimentConfig, parallel: Parallel) -> int:
-    """This rank's batches of the epoch in progress that are already trained on. The ranks share
-    each epoch's one sequence of batches, so after a change in the number of processes the same
+    """This rank's batches of the pass in progress that are already trained on. The ranks share
+    each pass's one sequence of batches, so after a change in the number of processes the same
     number of batches overall is done, shared anew."""
-    done = clock.epoch_steps * cfg.train.accum_grad * clock.world_size
+    done = clock.pass_steps * cfg.train.accum_grad * clock.world_size
     if clock.epoch_steps and clock.world_size != parallel.world_size:
         log.warning(
             "epoch %d was trained by %d processes, resumed by %d: its remaining batches are shared anew",
@@ -629,12 +674,27 @@ def _train_epochs(
             sort,
             parallel,
             skip_batches=_batches_done(clock, cfg, parallel),
+            data_pass=clock.epoch_pass,
         )
         clock.world_size = parallel.world_size
+
+        def next_pass(data_pass: int):
+            return _epoch_loader(cfg, train_cuts, tokenizer, clock.epoch, sort, parallel, data_pass=data_pass)
+
         train_one_epoch(
-            model, optimizer, loader, objective, clock, total_steps, cfg.train, json_log, every_step, runner
+            model,
+            optimizer,
+            loader,
+            objective,
+            clock,
+            total_steps,
+            cfg.train,
+            json_log,
+            every_step,
+            runner,
+            next_pass,
         )
-        clock.epoch_steps = 0
+        clock.epoch_steps = clock.epoch_pass = clock.pass_steps = 0
         saved_at[0] = clock.wall_time
         if parallel.is_main:
             metrics = validate_now()
