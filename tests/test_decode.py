@@ -341,6 +341,11 @@ def test_a_sweep_over_k_writes_what_each_k_decoded_alone_writes(
         ).read_text()
         texts.add(str(got))
     assert len(texts) > 1  # the Ks decode differently: a K's files cannot pass for another's
+    # A K above B is refused before anything is decoded: no half-written sweep.
+    late = tmp_path / "late"
+    assert main(["decode-imputer", *common, "--out-dir", str(late), "--name", "t", "--steps", "1", "5"]) == 2
+    assert "--steps 5: K must lie in [1, B = 4]" in capsys.readouterr().err
+    assert not late.exists()
 
 
 @pytest.mark.parametrize(

@@ -172,6 +172,9 @@ def _run_decode_imputer(args) -> None:
         hyps, seconds, record = decode_imputer_with_lm(args, packaged, cuts, steps, block_size)
         _finish_imputer_decoding(args, args.name, hyps, seconds, record)
         return
+    for steps in sweep:  # every K checked before the first is decoded and written
+        if not 1 <= steps <= block_size:
+            raise UsageError(f"--steps {steps}: K must lie in [1, B = {block_size}]")
     cuts = cuts.to_eager()  # read once for every K
     for steps in sweep or [block_size]:
         run = decode_cuts_imputer(
