@@ -150,14 +150,12 @@ score-ctc-lm: $(foreach p,$(LM_PARTS),$(CTC)/wer-$(p)-lm.txt) ## WER/CER of the 
 	@cat $^
 
 # ---- Imputer: expert alignments from the CTC baseline, training initialised from it, K-step decoding ----
-# Decodings are named <part>-k<K> or <part>-adaptive, e.g. test-k8 or dev-clean-adaptive. One process
-# decodes a part at every K of STEPS; any other <part>-k<K> has a rule of its own.
+# Decodings are named <part>-k<K> or <part>-adaptive, e.g. test-k8 or dev-clean-adaptive. With several
+# K in STEPS one process decodes a part at all of them; any other decoding has a rule of its own.
 IMP_DECODES := $(foreach p,$(IMP_PARTS),$(foreach k,$(STEPS),$(p)-k$(k)) $(if $(THRESHOLD),$(p)-adaptive))
 imp_mode = $(lastword $(subst -, ,$(1)))
 imp_part = $(patsubst %-$(call imp_mode,$(1)),%,$(1))
 imp_args = $(if $(filter adaptive,$(call imp_mode,$(1))),--adaptive $(THRESHOLD),--steps $(patsubst k%,%,$(call imp_mode,$(1))))
-# decode-imputer names a single decoding --name, each of several NAME-k<K>
-sweep_name = $(if $(word 2,$(STEPS)),$(1),$(1)-k$(STEPS))
 
 .PHONY: align
 
@@ -166,10 +164,11 @@ $(ALIGNED): $(CTC)/model.pt $(FBANK)/.done
 	$(ASR) align --model $< --cuts $(TRAIN_CUTS) --out $@ \
 	  $(if $(ALIGN_HOURS),--max-hours $(ALIGN_HOURS) $(if $(SEED),--seed $(SEED))) $(DEVICE_ARGS)
 
-# $(call imputer_sweep_rule,<exp dir>,<part>): the part decoded at every K of STEPS by one process
+# $(call imputer_sweep_rule,<exp dir>,<part>): the part decoded at every K of STEPS (two or more) by one
+# process, which names each decoding <part>-k<K>
 define imputer_sweep_rule
 $(foreach k,$(STEPS),$(1)/hyps-$(2)-k$(k).jsonl $(1)/wer-$(2)-k$(k).txt) &: $(1)/model.pt
-	$(ASR) decode-imputer --model $$< --cuts $(call cuts,$(2)) --out-dir $(1) --name $(call sweep_name,$(2)) \
+	$(ASR) decode-imputer --model $$< --cuts $(call cuts,$(2)) --out-dir $(1) --name $(2) \
 	  --steps $(STEPS) $(DEVICE_ARGS)
 endef
 
@@ -183,7 +182,7 @@ train-imputer$(3): $(ALIGNED)
 	$$(TRAIN_IMPUTER$(3))
 $(1)/train.done: $(ALIGNED)
 	$$(TRAIN_IMPUTER$(3))
-$(foreach p,$(IMP_PARTS),$(eval $(call imputer_sweep_rule,$(1),$(p))))
+$(if $(word 2,$(STEPS)),$(foreach p,$(IMP_PARTS),$(eval $(call imputer_sweep_rule,$(1),$(p)))))
 # Before model_rules: of two pattern rules with stems alike, make takes the first, and this one scores too
 $(1)/hyps-%.jsonl $(1)/wer-%.txt: $(1)/model.pt
 	$(ASR) decode-imputer --model $$< --cuts $$(call cuts,$$(call imp_part,$$*)) \
